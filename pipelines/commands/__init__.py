@@ -1,0 +1,1 @@
+"""One module per `llm4msr` subcommand; each exposes `register(subparsers)`."""
