@@ -17,7 +17,7 @@ import sys
 from llm4msr.logs import setup_logging
 
 # Order = order in --help. A module that is not written yet is skipped.
-COMMAND_MODULES = ["demo", "data", "knowledge", "store", "train", "report", "export", "serve", "flow", "bench"]
+COMMAND_MODULES = ["demo", "config", "data", "knowledge", "store", "train", "report", "export", "serve", "flow", "bench"]
 
 log = logging.getLogger("llm4msr")
 
