@@ -96,6 +96,11 @@ class KnowledgeConfig(Section):
     max_history_per_scenario: int = Field(10, ge=0)
     max_prompt_tokens: int = Field(256, ge=16)
     template_dir: str | None = None  # None: the templates shipped in knowledge_service/templates
+    scenario_template: str = "scenario_v1"  # template file stem = template version
+    user_template: str = "user_v1"
+    # vLLM KV-cache memory in GiB (RAM on CPU). Small keeps vLLM from reserving most of the RAM of a
+    # shared machine; null: vLLM's own default (gpu_memory_utilization), the usual choice on GPUs.
+    vllm_kv_cache_gib: float | None = Field(1.0, gt=0.0)
     storage_dtype: Literal["float32", "float16"] = "float32"
     pca_dim: int | None = Field(None, ge=2)
     snapshot_root: str = "artifacts/knowledge"
@@ -111,7 +116,9 @@ class StoreConfig(Section):
     password_env: str = "LLM4MSR_REDIS_PASSWORD"  # read from the environment, never from files
     value_dtype: Literal["float16", "float32"] = "float16"
     write_chunk: int = Field(2000, ge=1)
-    timeout_ms: int = Field(200, ge=1)
+    timeout_ms: int = Field(200, ge=1)  # read path: socket connect/read timeout
+    write_timeout_ms: int = Field(10_000, ge=1)  # bulk writes (materialization, pointer switch)
+    pointer_cache_ms: int = Field(1000, ge=0)  # readers re-read the current-version pointer at most this often
     retries: int = Field(2, ge=0)
     backoff_ms: int = Field(50, ge=0)
     max_age_seconds: int | None = Field(None, ge=1)  # values older than this read as missing
@@ -149,6 +156,10 @@ class TrainConfig(Section):
     seed: int = 0
     lr_sweep: list[float] = Field(default_factory=list)  # non-empty: train once per lr, keep the best
     runs_dir: str = "artifacts/runs"
+    # Expected knowledge dimension; a snapshot of another dimension is refused (None: take the snapshot's).
+    knowledge_dim: int | None = Field(None, ge=1)
+    threads: int = Field(2, ge=1)  # torch intra-op threads
+    eval_batch_size: int = Field(8192, ge=1)
 
 
 class EvalConfig(Section):
@@ -162,6 +173,13 @@ class ExportConfig(Section):
     parity_atol: float = Field(1e-5, gt=0.0)
     variants: list[Literal["float16", "int8"]] = Field(default_factory=list)
     models_dir: str = "artifacts/models"
+    # auto: the dynamo exporter, falling back to the legacy TorchScript exporter if it fails.
+    exporter: Literal["auto", "dynamo", "legacy"] = "auto"
+    example_batch: int = Field(4, ge=2)  # a batch of 1 can freeze the batch dimension
+    parity_batch_sizes: list[int] = Field(default_factory=lambda: [1, 2, 7, 512])
+    parity_seed: int = 0
+    # Rows of the validation split used to measure the AUC change of float16/int8 variants.
+    variant_eval_rows: int = Field(20_000, ge=100)
 
 
 class ServeConfig(Section):
@@ -172,6 +190,13 @@ class ServeConfig(Section):
     inter_op_threads: int = Field(1, ge=0)
     token_env: str = "LLM4MSR_SERVE_TOKEN"  # bearer token read from this variable, if set
     on_knowledge_mismatch: Literal["refuse", "fallback"] = "refuse"
+    # How often (at most) the request path checks the store's current version; scenario knowledge
+    # is reloaded when it changes.
+    version_check_seconds: float = Field(2.0, ge=0.0)
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    variant: Literal["float32", "float16", "int8"] = "float32"  # which exported file to load
+    warmup_requests: int = Field(3, ge=0)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "warning"  # uvicorn access log
 
 
 class PipelinesConfig(Section):
@@ -184,6 +209,22 @@ class PipelinesConfig(Section):
     task_timeout_seconds: int = Field(3600, ge=1)
     max_auc_regression: float = Field(0.002, ge=0.0)  # refuse to register a model worse than this
     work_pool: str = "llm4msr-pool"
+    # Flow bookkeeping: staged exports, per-run reports, Prefect's persisted task results (cache).
+    work_dir: str = "artifacts/pipelines"
+    results_dir: str = "artifacts/pipelines/prefect-results"
+    registry_dir: str = "artifacts/models/registry"  # versions/<id>/ + CURRENT, like the offline store
+    keep_models: int = Field(5, ge=1)  # registered model versions retained (never the current one)
+    # Build the canonical dataset (data.*) when data.out does not hold one yet.
+    build_data_if_missing: bool = True
+    # Where knowledge shards run: threads in the flow's process, or a Dask cluster (prefect-dask).
+    task_runner: Literal["thread", "dask"] = "thread"
+    max_workers: int = Field(1, ge=1)  # thread runner: shards encoded concurrently
+    # dask: connect to a running scheduler (tcp://host:8786), or None to start a LocalCluster.
+    dask_address: str | None = None
+    dask_n_workers: int = Field(2, ge=1)
+    dask_threads_per_worker: int = Field(1, ge=1)
+    # True: one process per worker (each loads the LLM once, then reuses it for every shard).
+    dask_processes: bool = True
 
 
 class Settings(Section):

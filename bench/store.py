@@ -1,0 +1,205 @@
+"""Online-store benchmark, both backends side by side in one run.
+
+Measures: materialization rate (keys/s) of N users x D-dim float16 into Redis (a private
+redis-server on a free loopback port) and into the local store; p50/p99 latency of batch reads of
+1, 100 and 1000 users (backends interleaved per iteration, so both see the same machine load);
+Redis memory per user (INFO used_memory before/after). Results -> docs/benchmarks/store.md.
+
+    python -m bench.store --users 1000000          # the issue's setting
+    python -m bench.store --users 20000 --out /tmp/store.md   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _make_snapshot(root: Path, n_users: int, dim: int, seed: int) -> Path:
+    from feature_store.knowledge_snapshot import KnowledgeRows, knowledge_family, write_snapshot_files
+    from feature_store.offline_store import OfflineStore
+
+    rng = np.random.default_rng(seed)
+    n = n_users + 3
+    vectors = rng.standard_normal((n, dim), dtype=np.float32).astype(np.float16)
+    rows = KnowledgeRows(
+        kind=["scenario"] * 3 + ["user"] * n_users,
+        entity_id=[f"s{i}" for i in range(3)] + [f"u{i:08d}" for i in range(n_users)],
+        vectors=vectors,
+        prompt_hash=[""] * n,
+        model_id=["bench"] * n,
+        template_version=["t"] * n,
+        generated_at=[int(time.time())] * n,
+        answer=[None] * n,
+    )
+    store = OfflineStore(root)
+    with store.new_version("bench1") as (sid, tmp):
+        write_snapshot_files(
+            tmp,
+            rows,
+            {
+                "snapshot_id": sid,
+                "model_id": "bench",
+                "pooling": "MEAN",
+                "knowledge_family": knowledge_family("bench", "MEAN", dim),
+            },
+            "float16",
+        )
+    store.set_current("bench1")
+    return store.path_of("bench1")
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs) * 1000.0, q))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.store", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=1_000_000, help="users to materialize (default 1e6)")
+    parser.add_argument("--dim", type=int, default=256, help="vector dimension (default 256)")
+    parser.add_argument("--iters", type=int, default=300, help="timed reads per batch size and backend")
+    parser.add_argument("--write-chunk", type=int, default=2000, help="keys per MSET / write chunk")
+    parser.add_argument(
+        "--redis-url",
+        default=None,
+        help="use this Redis instead of starting a private one "
+        "(it must be empty or a throwaway: the bench writes under namespace llm4msr-bench)",
+    )
+    parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks" / "store.md"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    command = "python -m bench.store " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+
+    import redis
+
+    from feature_store.materialize import materialize
+    from feature_store.online import open_store
+    from llm4msr.config import StoreConfig
+    from tests.fixtures.redis_server import RedisServer
+
+    cfg = StoreConfig(namespace="llm4msr-bench", write_chunk=args.write_chunk, verify_sample=256)
+    with tempfile.TemporaryDirectory(prefix="llm4msr-bench-store-") as tmpd:
+        tmp = Path(tmpd)
+        server = None
+        url = args.redis_url
+        if url is None:
+            (tmp / "redis").mkdir()
+            server = RedisServer(tmp / "redis")
+            server.start()
+            url = server.url
+        try:
+            t = time.perf_counter()
+            snap = _make_snapshot(tmp / "offline", args.users, args.dim, args.seed)
+            log.info(
+                "snapshot of %d users x %d float16 written in %.1fs",
+                args.users,
+                args.dim,
+                time.perf_counter() - t,
+            )
+            client = redis.Redis.from_url(url)
+            mem0 = int(client.info("memory")["used_memory"])
+            results = {}
+            for name, target in (("redis", url), ("local", str(tmp / "online"))):
+                rep = materialize(snap, target, cfg)
+                results[name] = rep
+                log.info(
+                    "%s: %d keys in %.1fs write (%.0f keys/s), %.1fs total",
+                    name,
+                    rep.keys_written,
+                    rep.write_seconds,
+                    rep.keys_per_second,
+                    rep.seconds,
+                )
+            mem1 = int(client.info("memory")["used_memory"])
+            stores = {"redis": open_store(url, cfg), "local": open_store(str(tmp / "online"), cfg)}
+            rng = np.random.default_rng(args.seed)
+            lat: dict[tuple[str, int], list[float]] = {}
+            for batch in (1, 100, 1000):
+                for name in stores:
+                    lat[(name, batch)] = []
+                    stores[name].read("user", ["u00000000"])  # warm: pointer cache, connections, maps
+                for _ in range(args.iters):
+                    ids = [f"u{i:08d}" for i in rng.integers(0, args.users, size=batch)]
+                    for name, st in stores.items():
+                        t0 = time.perf_counter()
+                        r = st.read("user", ids)
+                        lat[(name, batch)].append(time.perf_counter() - t0)
+                        assert r.found.all(), (name, r.n_missing, r.n_errors)
+            for st in stores.values():
+                st.close()
+        finally:
+            if server is not None:
+                server.stop()
+
+    per_user = (mem1 - mem0) / max(1, args.users + 3)
+    raw = args.dim * 2 + 24
+    lines = [
+        "# Online store benchmark",
+        "",
+        f"Command: `{command}` (run from the repository root)",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+        f"redis-server on loopback, redis-py + hiredis. **The 2 CPU cores were shared with other jobs "
+        "during the run: numbers are noisy; compare the two columns, measured in the same run "
+        "(reads interleaved per iteration).**",
+        "",
+        f"Data: {args.users:,} users (+3 scenarios) x {args.dim}-dim float16, value = 24-byte header + "
+        f"{args.dim * 2} bytes; write chunk {args.write_chunk} keys.",
+        "",
+        "## Materialization (write, verify, switch)",
+        "",
+        "| backend | keys written | write s | keys/s (write) | total s (incl. load, verify, switch) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, rep in results.items():
+        lines.append(
+            f"| {name} | {rep.keys_written:,} | {rep.write_seconds:.1f} | {rep.keys_per_second:,.0f} | "
+            f"{rep.seconds:.1f} |"
+        )
+    lines += [
+        "",
+        "Target: >= 100,000 keys/s into Redis.",
+        "",
+        "## Batch read latency (ms, one `read()` call = one MGET / one memory-mapped gather)",
+        "",
+        "| batch | redis p50 | redis p99 | local p50 | local p99 | redis/local p50 |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for batch in (1, 100, 1000):
+        r50, r99 = _pct(lat[("redis", batch)], 50), _pct(lat[("redis", batch)], 99)
+        l50, l99 = _pct(lat[("local", batch)], 50), _pct(lat[("local", batch)], 99)
+        lines.append(f"| {batch} | {r50:.3f} | {r99:.3f} | {l50:.3f} | {l99:.3f} | {r50 / l50:.1f}x |")
+    lines += [
+        "",
+        f"{args.iters} reads per cell, random user ids, decode + header checks included. "
+        "Target: p99 <= 5 ms for 1000 users from Redis.",
+        "",
+        "## Redis memory",
+        "",
+        f"used_memory grew by {(mem1 - mem0) / 2**20:,.1f} MiB for {args.users + 3:,} keys: "
+        f"**{per_user:,.0f} bytes per user** (value {raw} bytes; the rest is the key string "
+        f"and Redis' per-key overhead).",
+        "",
+    ]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Build a canonical dataset: adapter -> split -> users.train_cutoff -> vocabularies -> validate.
+
+`build_dataset(cfg)` returns it in memory; `build_and_write(cfg, out)` also writes it atomically
+(nothing appears at `out` unless the whole build succeeded).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import polars as pl
+
+from feature_store import schema
+from feature_store.adapters import RawData, get_adapter
+from feature_store.dataset import CanonicalDataset, DataError, validate, write_dataset
+from feature_store.splits import assign_splits, train_cutoffs
+from feature_store.vocab import feature_tables, fit_vocabs
+from llm4msr.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+
+def _conform(raw: RawData, source: str) -> RawData:
+    """Check the adapter's tables against the contract (minus split/cutoff) and cast exact dtypes."""
+    required = {
+        "interactions": {k: v for k, v in schema.INTERACTIONS_SCHEMA.items() if k != "split"},
+        "users": {"user_id": pl.String()},
+        "items": schema.ITEMS_SCHEMA,
+        "scenarios": schema.SCENARIOS_SCHEMA,
+    }
+    out = {}
+    for table, cols in required.items():
+        df: pl.DataFrame = getattr(raw, table)
+        for col, dtype in cols.items():
+            if col not in df.columns:
+                raise DataError(f"{source}: {table} table is missing column {col!r} (have {df.columns})")
+            if df.schema[col] != dtype:
+                try:
+                    df = df.with_columns(pl.col(col).cast(dtype, strict=True))
+                except pl.exceptions.PolarsError as exc:
+                    raise DataError(
+                        f"{source}: {table} column {col!r} has dtype {df.schema[col]} and cannot be read as {dtype}: {exc}"
+                    ) from exc
+        if df.height == 0:
+            raise DataError(f"{source}: {table} table is empty")
+        out[table] = df
+    return RawData(**out, has_timestamps=raw.has_timestamps, params=raw.params)
+
+
+def build_dataset(cfg: DataConfig) -> CanonicalDataset:
+    """Load the configured source, split it, record cutoffs and fit vocabularies (validated, not written)."""
+    t0 = time.perf_counter()
+    adapter = get_adapter(cfg.dataset)
+    raw = adapter.load(cfg)
+    source = str(cfg.path) if cfg.path else cfg.dataset
+    raw = _conform(raw, source)
+    t_load = time.perf_counter() - t0
+    inter = assign_splits(raw.interactions, cfg.split, seed=cfg.seed, has_timestamps=raw.has_timestamps)
+    inter = inter.select(list(schema.INTERACTIONS_SCHEMA))
+    users = raw.users.drop("train_cutoff", strict=False)
+    users = users.join(train_cutoffs(inter), on="user_id", how="left")
+    users = users.select(["user_id", "train_cutoff", *[c for c in users.columns if c not in ("user_id", "train_cutoff")]])
+    items = raw.items.select([*schema.ITEMS_SCHEMA, *[c for c in raw.items.columns if c not in schema.ITEMS_SCHEMA]])
+    vocabs = fit_vocabs(inter, users, raw.items)
+    manifest_source = {
+        **raw.params,
+        "dataset": cfg.dataset,
+        "path": str(cfg.path) if cfg.path else None,
+        "seed": cfg.seed,
+        "split": cfg.split.model_dump(),
+        "split_strategy_used": cfg.split.strategy if raw.has_timestamps else "random",
+        "features": feature_tables(vocabs, users, items),
+    }
+    ds = CanonicalDataset(interactions=inter, users=users, items=items, scenarios=raw.scenarios, vocabs=vocabs,
+                          manifest={"source": manifest_source})
+    validate(ds, source=source)
+    log.info("built %s: %s interactions in %.1fs (load %.1fs)", cfg.dataset, f"{inter.height:,}",
+             time.perf_counter() - t0, t_load)
+    return ds
+
+
+def build_and_write(cfg: DataConfig, out: str | Path | None = None) -> Path:
+    """Build and write the dataset atomically into `out` (default: cfg.out); returns the folder."""
+    ds = build_dataset(cfg)
+    target = Path(out if out is not None else cfg.out)
+    assert ds.manifest is not None
+    return write_dataset(ds, target, source=ds.manifest["source"])

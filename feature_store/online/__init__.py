@@ -1,0 +1,53 @@
+"""Online stores: versioned entity -> vector lookups for serving (see `base` for the semantics).
+
+`open_store(url)` picks the backend from the URL: a local path -> `LocalStore` (embedded,
+file-backed, memory-mapped; the default), `redis://`, `rediss://` (TLS) or `unix://` -> `RedisStore`.
+"""
+
+from __future__ import annotations
+
+from feature_store.online.base import (
+    Counters,
+    EntityBatch,
+    OnlineStore,
+    ReadResult,
+    StoreError,
+    StoreVersion,
+    WriteStats,
+)
+from llm4msr.config import StoreConfig
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+__all__ = [
+    "Counters",
+    "EntityBatch",
+    "OnlineStore",
+    "ReadResult",
+    "StoreError",
+    "StoreVersion",
+    "WriteStats",
+    "open_store",
+    "is_redis_url",
+]
+
+
+def is_redis_url(url: str) -> bool:
+    return str(url).startswith(REDIS_SCHEMES)
+
+
+def open_store(url: str | None = None, cfg: StoreConfig | None = None) -> OnlineStore:
+    """Open the online store at `url` (default: cfg.url). Opening never writes anything."""
+    cfg = cfg or StoreConfig()
+    url = str(url or cfg.url)
+    if is_redis_url(url):
+        from feature_store.online.redis_store import RedisStore
+
+        return RedisStore(url, cfg)
+    if "://" in url:
+        raise ValueError(
+            f"store URL {url!r}: unknown scheme, expected a local path or redis://, rediss://, unix://"
+        )
+    from feature_store.online.local import LocalStore
+
+    return LocalStore(url, cfg)

@@ -1,0 +1,493 @@
+"""The online-store interface: one abstract class, one file per backend (local, redis).
+
+Semantics every backend implements (and `tests/store/test_behaviour.py` checks for each):
+
+* A *version* (normally the knowledge snapshot id) is written completely, verified, marked
+  complete, and only then may the *current* pointer switch to it. Readers only ever read the
+  version the pointer names, so a half-written version is never visible.
+* `read(kind, ids)` is one batched lookup returning float32 vectors and a found mask. Missing,
+  stale (generated_at older than `max_age_seconds`) and malformed values (wrong length, dtype,
+  dimension or version, non-finite payload) are "not found" and counted; backend errors
+  (server down, timeout) make the whole batch "not found". It never raises.
+* Writes are chunked and record their progress in the version's metadata, so an interrupted
+  write resumes where it stopped; re-writing a complete version is a no-op.
+* `set_current` keeps a history; `rollback()` switches back to the previous version as long as
+  it still exists (old versions are kept for `old_version_ttl_seconds` after being replaced).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from feature_store.online import codec
+from llm4msr.config import StoreConfig
+
+log = logging.getLogger(__name__)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+COMPLETE = "complete"
+WRITING = "writing"
+
+
+class StoreError(RuntimeError):
+    """The store cannot do what was asked (backend unreachable, version incomplete or unknown...)."""
+
+
+def check_name(what: str, value: str) -> str:
+    """Version ids and kinds end up in keys and paths: keep them to a safe alphabet."""
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ValueError(f"{what} {value!r} is not valid: expected 1-128 characters of [A-Za-z0-9._-]")
+    return value
+
+
+@dataclass(frozen=True)
+class StoreVersion:
+    """Metadata of one version held by an online store."""
+
+    version: str
+    knowledge_family: str
+    dimension: int
+    dtype: str
+    counts: dict[str, int]
+    created_at: float  # unix seconds the version started being written
+    snapshot_id: str
+    status: str = COMPLETE  # writing | complete
+    completed_at: float | None = None
+    retired_at: float | None = None  # when it stopped being current (expiry clock starts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StoreVersion:
+        return cls(
+            version=str(d["version"]),
+            knowledge_family=str(d["knowledge_family"]),
+            dimension=int(d["dimension"]),
+            dtype=str(d["dtype"]),
+            counts={str(k): int(v) for k, v in dict(d["counts"]).items()},
+            created_at=float(d["created_at"]),
+            snapshot_id=str(d["snapshot_id"]),
+            status=str(d.get("status", COMPLETE)),
+            completed_at=None if d.get("completed_at") in (None, "") else float(d["completed_at"]),
+            retired_at=None if d.get("retired_at") in (None, "") else float(d["retired_at"]),
+        )
+
+    @property
+    def layout(self) -> codec.Layout:
+        return codec.Layout(self.version, self.dimension, self.dtype)
+
+
+@dataclass
+class ReadResult:
+    """One batched read. Rows of `vectors` where `found` is False are zeros."""
+
+    vectors: np.ndarray  # float32 (n, dim); (n, 0) when there is no current version
+    found: np.ndarray  # bool (n,)
+    version: str | None
+    n_missing: int = 0
+    n_stale: int = 0
+    n_malformed: int = 0
+    n_errors: int = 0  # ids not read because the backend failed (down, timeout)
+
+    @property
+    def n_found(self) -> int:
+        return int(self.found.sum())
+
+
+@dataclass
+class EntityBatch:
+    """All entities of one kind to write: ids, (n, dim) vectors, (n,) generated_at unix seconds."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    generated_at: np.ndarray
+
+    def sorted(self) -> EntityBatch:
+        ids = np.asarray(self.ids).astype(str)
+        order = np.argsort(ids, kind="stable")
+        return EntityBatch(ids[order], np.asarray(self.vectors)[order], np.asarray(self.generated_at)[order])
+
+
+@dataclass
+class WriteStats:
+    version: str
+    keys_written: int = 0
+    keys_skipped: int = 0  # already written by an earlier, interrupted run
+    chunks_written: int = 0
+    seconds: float = 0.0
+    already_complete: bool = False
+
+
+@dataclass
+class Counters:
+    """Cumulative read counters (thread-safe), exported by the serving metrics."""
+
+    reads: int = 0  # read() calls
+    keys: int = 0  # ids requested
+    found: int = 0
+    missing: int = 0
+    stale: int = 0
+    malformed: int = 0
+    errors: int = 0  # ids lost to backend errors
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, r: ReadResult) -> None:
+        with self._lock:
+            self.reads += 1
+            self.keys += len(r.found)
+            self.found += r.n_found
+            self.missing += r.n_missing
+            self.stale += r.n_stale
+            self.malformed += r.n_malformed
+            self.errors += r.n_errors
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                k: getattr(self, k)
+                for k in ("reads", "keys", "found", "missing", "stale", "malformed", "errors")
+            }
+
+
+def empty_result(n: int, version: StoreVersion | None, *, errors: bool = False) -> ReadResult:
+    dim = version.dimension if version else 0
+    return ReadResult(
+        vectors=np.zeros((n, dim), dtype=np.float32),
+        found=np.zeros(n, dtype=bool),
+        version=version.version if version else None,
+        n_missing=0 if errors else n,
+        n_errors=n if errors else 0,
+    )
+
+
+def record_digest(raw: bytes | None) -> str | None:
+    return None if raw is None else hashlib.sha256(raw).hexdigest()
+
+
+class OnlineStore(ABC):
+    """Versioned key -> vector store with an atomically switched current-version pointer."""
+
+    backend: str = "abstract"
+
+    def __init__(self, url: str, cfg: StoreConfig):
+        self.url = url
+        self.cfg = cfg
+        self.counters = Counters()
+        self._cache_lock = threading.Lock()
+        self._cached: StoreVersion | None = None
+        self._cached_at = -1e18
+        self._error_logged_at = -1e18
+
+    # ------------------------------------------------------------------ backend primitives
+    @abstractmethod
+    def _read_pointer(self) -> str | None: ...
+
+    @abstractmethod
+    def version_info(self, version: str) -> StoreVersion | None:
+        """Metadata of `version` (any status), or None when the store does not hold it."""
+
+    @abstractmethod
+    def list_versions(self) -> list[StoreVersion]: ...
+
+    @abstractmethod
+    def history(self) -> list[str]:
+        """Versions that were current before the current one, oldest first."""
+
+    @abstractmethod
+    def _read_raw(self, version: StoreVersion, kind: str, ids: Sequence[str]) -> list[bytes | None]:
+        """Raw values of `ids` in `version` (None where absent). May raise backend errors."""
+
+    def _read_decoded(self, version: StoreVersion, kind: str, ids: Sequence[str]) -> codec.Decoded:
+        """Raw read + header checks; backends with a faster path (local: no bytes copies) override."""
+        raw = self._read_raw(version, kind, ids)
+        return codec.decode_values(version.layout, raw, self.cfg.max_age_seconds, time.time())
+
+    @abstractmethod
+    def _begin_version(self, meta: StoreVersion) -> dict[str, int]:
+        """Create (or reopen) the version in status writing; return per kind how many entities
+        (a prefix of the id-sorted order) are already written."""
+
+    @abstractmethod
+    def _begin_kind(self, version: str, kind: str, batch: EntityBatch, layout: codec.Layout) -> None: ...
+
+    @abstractmethod
+    def _write_chunk(self, version: str, kind: str, start: int, ids: np.ndarray, recs: np.ndarray) -> None:
+        """Write the records of sorted entities [start, start + len(ids)) and then record
+        `start + len(ids)` entities done for `kind` (atomically, or data strictly first)."""
+
+    @abstractmethod
+    def _end_writes(self, version: str) -> None:
+        """Make all writes of `version` durable (flush progress)."""
+
+    @abstractmethod
+    def _count(self, version: str, kind: str, ids: np.ndarray) -> int:
+        """How many of `ids` are stored in `version` (count verification)."""
+
+    @abstractmethod
+    def _mark_complete(self, version: str) -> None: ...
+
+    @abstractmethod
+    def _switch(self, version: str, previous: str | None, history: list[str]) -> None:
+        """Atomically point `current` at `version` and replace the history; then start the expiry
+        clock of `previous` (if any) and stop the one of `version`."""
+
+    @abstractmethod
+    def drop_version(self, version: str) -> None:
+        """Delete a version that is not current (e.g. an abandoned partial write)."""
+
+    @abstractmethod
+    def _backend_status(self) -> dict[str, Any]: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook: backends without resources need nothing
+        """Release connections / memory maps."""
+
+    # ------------------------------------------------------------------ reading
+    def current(self) -> StoreVersion | None:
+        """The current version's metadata (re-read from the backend, not cached)."""
+        vid = self._read_pointer()
+        return self.version_info(vid) if vid else None
+
+    def _current_cached(self) -> StoreVersion | None:
+        now = time.monotonic()
+        with self._cache_lock:
+            if now - self._cached_at < self.cfg.pointer_cache_ms / 1000.0:
+                return self._cached
+        vid = self._read_pointer()
+        with self._cache_lock:
+            if vid is None:
+                self._cached = None
+            elif self._cached is None or self._cached.version != vid:
+                self._cached = self.version_info(vid)
+            self._cached_at = now
+            return self._cached
+
+    def invalidate(self) -> None:
+        """Forget the cached pointer (next read re-reads it)."""
+        with self._cache_lock:
+            self._cached_at = -1e18
+
+    def read(self, kind: str, entity_ids: Sequence[str]) -> ReadResult:
+        """Vectors of `entity_ids` in the current version; never raises on the request path."""
+        ids = list(entity_ids)
+        n = len(ids)
+        try:
+            cur = self._current_cached()
+            if cur is None or n == 0:
+                result = empty_result(n, cur)
+            else:
+                dec = self._read_decoded(cur, kind, ids)
+                result = ReadResult(
+                    dec.vectors, dec.found, cur.version, dec.missing, dec.stale, dec.malformed, 0
+                )
+        except Exception as exc:  # noqa: BLE001 - the request path must not raise
+            self.invalidate()
+            now = time.monotonic()
+            if now - self._error_logged_at > 10.0:
+                self._error_logged_at = now
+                log.warning("online store %s: read failed, returning missing: %s", self.redacted_url, exc)
+            with self._cache_lock:
+                cached = self._cached
+            result = empty_result(n, cached, errors=True)
+        self.counters.add(result)
+        return result
+
+    # ------------------------------------------------------------------ writing
+    def write_version(
+        self,
+        version: str,
+        *,
+        knowledge_family: str,
+        snapshot_id: str,
+        entities: dict[str, EntityBatch],
+        on_chunk: Callable[[str, int, int], None] | None = None,
+    ) -> WriteStats:
+        """Write all entities as `version` (status writing). Resumes an interrupted write of the
+        same content; a complete version with the same shape is left as is. Does not switch."""
+        check_name("version", version)
+        t0 = time.perf_counter()
+        entities = {check_name("kind", k): b.sorted() for k, b in entities.items() if len(b.ids)}
+        if not entities:
+            raise ValueError(f"version {version}: nothing to write (no entities)")
+        dims = {k: int(np.asarray(b.vectors).shape[1]) for k, b in entities.items()}
+        if len(set(dims.values())) != 1:
+            raise ValueError(f"version {version}: kinds have different dimensions {dims}")
+        for k, b in entities.items():
+            if len(np.unique(b.ids)) != len(b.ids):
+                raise ValueError(f"version {version}: kind {k!r} has duplicate entity ids")
+        dimension = next(iter(dims.values()))
+        counts = {k: len(b.ids) for k, b in entities.items()}
+        meta = StoreVersion(
+            version=version,
+            knowledge_family=knowledge_family,
+            dimension=dimension,
+            dtype=self.cfg.value_dtype,
+            counts=counts,
+            created_at=time.time(),
+            snapshot_id=snapshot_id,
+            status=WRITING,
+        )
+        stats = WriteStats(version)
+        existing = self.version_info(version)
+        if existing is not None:
+            same = (existing.dimension, existing.dtype, existing.counts, existing.knowledge_family) == (
+                dimension,
+                meta.dtype,
+                counts,
+                knowledge_family,
+            )
+            if existing.status == COMPLETE and same:
+                stats.already_complete = True
+                stats.keys_skipped = sum(counts.values())
+                stats.seconds = time.perf_counter() - t0
+                return stats
+            if not same or existing.status == COMPLETE:
+                if self._read_pointer() == version:
+                    raise StoreError(f"version {version} is current and differs from what is being written")
+                log.warning("online store: discarding version %s written with a different shape", version)
+                self.drop_version(version)
+            else:
+                meta = StoreVersion(**{**meta.to_dict(), "created_at": existing.created_at})
+        done = self._begin_version(meta)
+        layout = meta.layout
+        total = sum(counts.values())
+        with tqdm(total=total, unit="keys", desc=f"write {version}", disable=None, leave=False) as bar:
+            try:
+                self._write_all(version, entities, done, layout, stats, bar, on_chunk)
+            finally:
+                self._end_writes(version)  # record the progress made, even when interrupted
+        stats.seconds = time.perf_counter() - t0
+        return stats
+
+    def _write_all(
+        self,
+        version: str,
+        entities: dict[str, EntityBatch],
+        done: dict[str, int],
+        layout: codec.Layout,
+        stats: WriteStats,
+        bar: Any,
+        on_chunk: Callable[[str, int, int], None] | None,
+    ) -> None:
+        chunk = self.cfg.write_chunk
+        for kind in sorted(entities):
+            batch = entities[kind]
+            n = len(batch.ids)
+            n_chunks = (n + chunk - 1) // chunk
+            self._begin_kind(version, kind, batch, layout)
+            first = n_chunks if done.get(kind, 0) >= n else done.get(kind, 0) // chunk
+            skipped = min(first * chunk, n)
+            stats.keys_skipped += skipped
+            bar.update(skipped)
+            for ci in range(first, n_chunks):
+                a, b = ci * chunk, min(n, (ci + 1) * chunk)
+                recs = codec.encode(layout, batch.vectors[a:b], batch.generated_at[a:b])
+                self._write_chunk(version, kind, a, batch.ids[a:b], recs)
+                stats.keys_written += b - a
+                stats.chunks_written += 1
+                bar.update(b - a)
+                if on_chunk is not None:
+                    on_chunk(kind, ci, n_chunks)
+
+    def verify_version(
+        self, version: str, entities: dict[str, EntityBatch], sample: int, seed: int = 0
+    ) -> dict:
+        """Check counts and a seeded sample of value checksums against what should be there."""
+        info = self.version_info(version)
+        if info is None:
+            raise StoreError(f"version {version} not found in {self.redacted_url}")
+        rng = np.random.default_rng(seed)
+        checked = 0
+        for kind, batch in entities.items():
+            ids = np.asarray(batch.ids).astype(str)
+            have = self._count(version, kind, ids)
+            if have != len(ids) or info.counts.get(kind) != len(ids):
+                raise StoreError(
+                    f"version {version} kind {kind!r}: {have} values stored, metadata says "
+                    f"{info.counts.get(kind)}, snapshot has {len(ids)}"
+                )
+            k = min(sample, len(ids))
+            if k == 0:
+                continue
+            pick = np.sort(rng.choice(len(ids), size=k, replace=False))
+            expected = codec.split_records(
+                codec.encode(
+                    info.layout, np.asarray(batch.vectors)[pick], np.asarray(batch.generated_at)[pick]
+                )
+            )
+            got = self._read_raw(info, kind, [str(x) for x in ids[pick]])
+            for i, (e, g) in enumerate(zip(expected, got, strict=True)):
+                if record_digest(e) != record_digest(g):
+                    raise StoreError(
+                        f"version {version} kind {kind!r} entity {ids[pick][i]!r}: stored value checksum "
+                        f"{(record_digest(g) or 'absent')[:12]} != expected {record_digest(e)[:12]}"
+                    )
+            checked += k
+        self._mark_complete(version)
+        return {"counts": dict(info.counts), "checksums_verified": checked}
+
+    # ------------------------------------------------------------------ pointer
+    def set_current(self, version: str) -> None:
+        """Switch readers to `version` (must be complete). The previous one goes on the history."""
+        info = self.version_info(version)
+        if info is None:
+            raise StoreError(f"version {version} not found in {self.redacted_url}")
+        if info.status != COMPLETE:
+            raise StoreError(f"version {version} is not complete (status {info.status}); refusing to switch")
+        previous = self._read_pointer()
+        if previous == version:
+            return
+        hist = self.history() + ([previous] if previous else [])
+        self._switch(version, previous, [h for h in hist if h != version])
+        self.invalidate()
+        log.info("online store %s: current %s -> %s", self.redacted_url, previous, version)
+
+    def rollback(self) -> str:
+        """Make the previously current version current again; returns its id."""
+        current = self._read_pointer()
+        hist = self.history()
+        while hist:
+            candidate = hist.pop()
+            info = self.version_info(candidate)
+            if candidate != current and info is not None and info.status == COMPLETE:
+                self._switch(candidate, current, hist)
+                self.invalidate()
+                log.info("online store %s: rolled back %s -> %s", self.redacted_url, current, candidate)
+                return candidate
+        raise StoreError(f"online store {self.redacted_url}: no previous version to roll back to")
+
+    # ------------------------------------------------------------------ status
+    @property
+    def redacted_url(self) -> str:
+        return re.sub(r"//([^@/]*)@", "//***@", self.url)
+
+    def status(self) -> dict[str, Any]:
+        """Current version, counts, age, history, memory, read counters (for `llm4msr store status`)."""
+        cur = self.current()
+        return {
+            "backend": self.backend,
+            "url": self.redacted_url,
+            "current": cur.to_dict() if cur else None,
+            "age_seconds": round(time.time() - (cur.completed_at or cur.created_at), 1) if cur else None,
+            "history": self.history(),
+            "versions": [v.to_dict() for v in self.list_versions()],
+            "counters": self.counters.as_dict(),
+            **self._backend_status(),
+        }
+
+    def __enter__(self) -> OnlineStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,328 @@
+"""Embedded online store: files + memory maps, no server (the default backend).
+
+    ROOT/CURRENT                        current version id (one line, replaced atomically)
+    ROOT/HISTORY                        previously current ids, oldest first (rollback)
+    ROOT/staging/<version>/             a version being written (never read by readers)
+    ROOT/versions/<version>/            complete, verified versions
+        meta.json                       StoreVersion fields (family, dimension, dtype, counts, status...)
+        progress.json                   entities written per kind (resume point)
+        <kind>.ids.npy                  sorted entity ids (numpy unicode), memory-mapped
+        <kind>.values.bin               fixed-size records, same bytes as a Redis value (codec), memory-mapped
+
+A lookup is a binary search of the memory-mapped id index plus a gather of the records, then the
+same header checks as Redis. A version folder moves from staging/ to versions/ only after it has
+been verified; old versions are deleted `old_version_ttl_seconds` after they stop being current.
+One writer at a time per root.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from feature_store.online import codec
+from feature_store.online.base import COMPLETE, EntityBatch, OnlineStore, StoreError, StoreVersion
+from llm4msr.atomic import fsync_dir, write_json_atomic, write_text_atomic
+from llm4msr.config import StoreConfig
+
+log = logging.getLogger(__name__)
+
+# Progress (resume point) is made durable every PROGRESS_EVERY_CHUNKS chunks or PROGRESS_EVERY_S
+# seconds, data fsynced first; a killed write redoes at most that much.
+PROGRESS_EVERY_S = 0.5
+PROGRESS_EVERY_CHUNKS = 8
+
+
+def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, arr)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class LocalStore(OnlineStore):
+    backend = "local"
+
+    def __init__(self, root: str | Path, cfg: StoreConfig):
+        super().__init__(str(root), cfg)
+        self.root = Path(root)
+        self._maps: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._maps_lock = threading.Lock()
+        self._writers: dict[tuple[str, str], Any] = {}
+        self._progress: dict[str, dict[str, int]] = {}
+        self._progress_at = 0.0
+        self._unflushed = 0
+
+    # ------------------------------------------------------------------ paths
+    def _final(self, version: str) -> Path:
+        return self.root / "versions" / version
+
+    def _staging(self, version: str) -> Path:
+        return self.root / "staging" / version
+
+    def _dir(self, version: str) -> Path | None:
+        for d in (self._final(version), self._staging(version)):
+            if (d / "meta.json").is_file():
+                return d
+        return None
+
+    # ------------------------------------------------------------------ metadata
+    def _read_pointer(self) -> str | None:
+        try:
+            return (self.root / "CURRENT").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def version_info(self, version: str) -> StoreVersion | None:
+        d = self._dir(version)
+        if d is None:
+            return None
+        try:
+            return StoreVersion.from_dict(json.loads((d / "meta.json").read_text()))
+        except (OSError, ValueError, KeyError) as exc:
+            raise StoreError(f"{d / 'meta.json'}: unreadable version metadata: {exc}") from exc
+
+    def _write_meta(self, version: str, **changes: Any) -> None:
+        d = self._dir(version)
+        if d is None:
+            return
+        meta = json.loads((d / "meta.json").read_text())
+        meta.update(changes)
+        write_json_atomic(d / "meta.json", meta)
+
+    def list_versions(self) -> list[StoreVersion]:
+        out = []
+        for sub in ("versions", "staging"):
+            base = self.root / sub
+            if base.is_dir():
+                for p in sorted(base.iterdir()):
+                    if (p / "meta.json").is_file() and not p.name.startswith("."):
+                        info = self.version_info(p.name)
+                        if info is not None:
+                            out.append(info)
+        return out
+
+    def history(self) -> list[str]:
+        try:
+            return (self.root / "HISTORY").read_text().split()
+        except FileNotFoundError:
+            return []
+
+    # ------------------------------------------------------------------ reading
+    def _open(self, version: StoreVersion, kind: str) -> tuple[np.ndarray, np.ndarray] | None:
+        d = self._dir(version.version)
+        if d is None:
+            return None
+        key = (str(d), kind)
+        with self._maps_lock:
+            hit = self._maps.get(key)
+        if hit is not None:
+            return hit
+        ids_path, val_path = d / f"{kind}.ids.npy", d / f"{kind}.values.bin"
+        if not ids_path.is_file():
+            return None  # the version has no entity of this kind
+        ids = np.load(ids_path, mmap_mode="r")
+        size = version.layout.size
+        nbytes = val_path.stat().st_size
+        if nbytes != len(ids) * size:
+            raise StoreError(f"{val_path}: {nbytes} bytes, expected {len(ids)} records x {size} bytes")
+        values = (
+            np.memmap(val_path, dtype=np.dtype((np.void, size)), mode="r", shape=(len(ids),))
+            if len(ids)
+            else np.zeros(0, dtype=np.dtype((np.void, size)))
+        )
+        with self._maps_lock:
+            if d.parent.name == "versions":  # staging maps are short-lived (verification only)
+                stale = [k for k in self._maps if k[0] != str(d)]
+                if len(self._maps) > 8:
+                    for k in stale:
+                        self._maps.pop(k, None)
+                self._maps[key] = (ids, values)
+        return ids, values
+
+    def _locate(
+        self, version: StoreVersion, kind: str, ids: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(records gathered for the ids that exist, present mask, their positions)."""
+        opened = self._open(version, kind)
+        present = np.zeros(len(ids), dtype=bool)
+        if opened is None or not len(ids) or len(opened[0]) == 0:
+            return np.zeros(0, dtype=np.dtype((np.void, version.layout.size))), present, np.zeros(0, np.int64)
+        index, values = opened
+        q = np.asarray(ids, dtype=str)
+        pos = np.minimum(np.searchsorted(index, q), len(index) - 1)
+        present = index[pos] == q
+        return np.asarray(values[pos[present]]), present, pos[present]
+
+    def _read_decoded(self, version: StoreVersion, kind: str, ids: Sequence[str]) -> codec.Decoded:
+        rows, present, _ = self._locate(version, kind, ids)
+        recs = rows.view(version.layout.rec).reshape(-1) if len(rows) else np.zeros(0, version.layout.rec)
+        return codec.decode_array(version.layout, recs, present, self.cfg.max_age_seconds, time.time())
+
+    def _read_raw(self, version: StoreVersion, kind: str, ids: Sequence[str]) -> list[bytes | None]:
+        opened = self._open(version, kind)
+        out: list[bytes | None] = [None] * len(ids)
+        if opened is None or not len(ids):
+            return out
+        index, values = opened
+        if len(index) == 0:
+            return out
+        q = np.asarray(ids, dtype=str)
+        pos = np.minimum(np.searchsorted(index, q), len(index) - 1)
+        hit = np.flatnonzero(index[pos] == q)
+        if hit.size:
+            rows = values[pos[hit]]
+            for i, row in zip(hit.tolist(), rows, strict=True):
+                out[i] = row.tobytes()
+        return out
+
+    # ------------------------------------------------------------------ writing
+    def _begin_version(self, meta: StoreVersion) -> dict[str, int]:
+        staging = self._staging(meta.version)
+        if (staging / "meta.json").is_file():
+            try:
+                progress = json.loads((staging / "progress.json").read_text())
+            except (OSError, ValueError):
+                progress = {}
+            self._progress[meta.version] = {str(k): int(v) for k, v in progress.items()}
+            log.info("local store: resuming version %s (%s)", meta.version, self._progress[meta.version])
+            return dict(self._progress[meta.version])
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        write_json_atomic(staging / "meta.json", meta.to_dict())
+        write_json_atomic(staging / "progress.json", {})
+        self._progress[meta.version] = {}
+        return {}
+
+    def _begin_kind(self, version: str, kind: str, batch: EntityBatch, layout: codec.Layout) -> None:
+        staging = self._staging(version)
+        ids_path, val_path = staging / f"{kind}.ids.npy", staging / f"{kind}.values.bin"
+        want = len(batch.ids) * layout.size
+        fresh = True
+        if ids_path.is_file() and val_path.is_file() and val_path.stat().st_size == want:
+            fresh = not np.array_equal(np.load(ids_path, mmap_mode="r"), batch.ids)
+        if fresh:
+            _save_npy_atomic(ids_path, np.asarray(batch.ids, dtype=str))
+            with open(val_path, "wb") as fh:
+                fh.truncate(want)
+            self._progress[version][kind] = 0
+            write_json_atomic(staging / "progress.json", self._progress[version])
+        self._writers[(version, kind)] = open(val_path, "r+b")  # noqa: SIM115 - closed in _end_writes
+
+    def _flush(self, version: str) -> None:
+        for (v, _kind), fh in self._writers.items():
+            if v == version:
+                fh.flush()
+                os.fsync(fh.fileno())
+        write_json_atomic(self._staging(version) / "progress.json", self._progress[version])
+        self._progress_at = time.monotonic()
+        self._unflushed = 0
+
+    def _write_chunk(self, version: str, kind: str, start: int, ids: np.ndarray, recs: np.ndarray) -> None:
+        fh = self._writers[(version, kind)]
+        fh.seek(start * recs.dtype.itemsize)
+        fh.write(recs.tobytes())
+        self._progress[version][kind] = start + len(ids)
+        self._unflushed += 1
+        if (
+            self._unflushed >= PROGRESS_EVERY_CHUNKS
+            or time.monotonic() - self._progress_at > PROGRESS_EVERY_S
+        ):
+            self._flush(version)  # data fsynced before the progress that claims it
+
+    def _end_writes(self, version: str) -> None:
+        self._flush(version)
+        for key in [k for k in self._writers if k[0] == version]:
+            self._writers.pop(key).close()
+
+    def _count(self, version: str, kind: str, ids: np.ndarray) -> int:
+        d = self._dir(version)
+        if d is None or not (d / f"{kind}.ids.npy").is_file():
+            return 0
+        index = np.load(d / f"{kind}.ids.npy", mmap_mode="r")
+        progress = json.loads((d / "progress.json").read_text()).get(kind, 0)
+        present = int(np.isin(np.asarray(ids, dtype=str), index).sum())
+        return min(present, int(progress))
+
+    def _mark_complete(self, version: str) -> None:
+        staging = self._staging(version)
+        if not staging.is_dir():
+            return  # already complete
+        self._write_meta(version, status=COMPLETE, completed_at=time.time())
+        final = self._final(version)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            shutil.rmtree(final)
+        fsync_dir(staging)
+        os.replace(staging, final)
+        fsync_dir(final.parent)
+        with self._maps_lock:
+            for k in [k for k in self._maps if k[0] == str(staging)]:
+                self._maps.pop(k)
+
+    def drop_version(self, version: str) -> None:
+        if self._read_pointer() == version:
+            raise StoreError(f"version {version} is current; roll back or switch before dropping it")
+        for k in [k for k in self._writers if k[0] == version]:
+            self._writers.pop(k).close()
+        shutil.rmtree(self._staging(version), ignore_errors=True)
+        shutil.rmtree(self._final(version), ignore_errors=True)
+
+    # ------------------------------------------------------------------ pointer
+    def _switch(self, version: str, previous: str | None, history: list[str]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._write_meta(version, retired_at=None)
+        write_text_atomic(self.root / "HISTORY", "".join(h + "\n" for h in history))
+        write_text_atomic(self.root / "CURRENT", version + "\n")
+        if previous:
+            self._write_meta(previous, retired_at=time.time())
+        self._expire(version)
+
+    def _expire(self, current: str) -> None:
+        """Delete complete versions retired longer than old_version_ttl_seconds ago."""
+        now = time.time()
+        for info in self.list_versions():
+            if (
+                info.version != current
+                and info.retired_at
+                and now - info.retired_at > self.cfg.old_version_ttl_seconds
+            ):
+                log.info(
+                    "local store: deleting version %s (retired %.0f s ago)",
+                    info.version,
+                    now - info.retired_at,
+                )
+                shutil.rmtree(self._final(info.version), ignore_errors=True)
+
+    # ------------------------------------------------------------------ status
+    def _backend_status(self) -> dict[str, Any]:
+        cur = self._read_pointer()
+        d = self._dir(cur) if cur else None
+        disk = sum(p.stat().st_size for p in d.iterdir() if p.is_file()) if d else 0
+        info = self.version_info(cur) if cur else None
+        n = sum(info.counts.values()) if info else 0
+        return {
+            "memory": {
+                "disk_bytes": disk,
+                "bytes_per_entity": round(disk / n, 1) if n else None,
+                "note": "memory-mapped; resident size follows the OS page cache",
+            }
+        }
+
+    def close(self) -> None:
+        for fh in self._writers.values():
+            fh.close()
+        self._writers.clear()
+        with self._maps_lock:
+            self._maps.clear()

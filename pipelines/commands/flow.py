@@ -1,0 +1,128 @@
+"""`llm4msr flow run|deploy`: run a Prefect flow in-process, or register the scheduled deployments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pipelines.cli import UserError, add_config_args
+
+FLOW_NAMES = ("nightly-knowledge", "train", "feature-refresh")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "flow",
+        help="run the Prefect flows (nightly knowledge, train, feature refresh) or deploy them",
+        description=(
+            "Orchestration with Prefect 3. `flow run NAME` runs one flow in this process against a "
+            "temporary local Prefect API (or the server in PREFECT_API_URL, if set), with retries, "
+            "timeouts and cached task results as configured in the `pipelines` section. `flow deploy` "
+            "registers the three flows as deployments with cron schedules on a running Prefect server "
+            "(PREFECT_API_URL) for a process work pool. See docs/pipelines.md."
+        ),
+    )
+    fsub = p.add_subparsers(dest="flow_command", metavar="ACTION")
+
+    run = fsub.add_parser(
+        "run",
+        help="run one flow in-process",
+        description=(
+            "Run a flow now, in this process. nightly-knowledge: canonical data -> prompts -> LLM "
+            "vectors in shards -> snapshot published to the offline store -> materialized to the online "
+            "store (incremental unless --full). train: train on the current data and knowledge snapshot, "
+            "export to ONNX with the parity gate, register the model unless it is worse than the current "
+            "one by more than pipelines.max_auc_regression. feature-refresh: re-encode only users whose "
+            "history changed and push them to the online store. Prints the flow's report as JSON."
+        ),
+    )
+    run.add_argument("name", choices=FLOW_NAMES, help="which flow")
+    add_config_args(run)
+    run.add_argument(
+        "--full",
+        action="store_true",
+        help="nightly-knowledge: re-encode every entity instead of carrying unchanged ones over",
+    )
+    run.add_argument(
+        "--no-materialize",
+        action="store_true",
+        help="knowledge flows: publish the snapshot offline but do not write the online store",
+    )
+    run.set_defaults(handler=_run)
+
+    dep = fsub.add_parser(
+        "deploy",
+        help="register the scheduled deployments on a Prefect server",
+        description=(
+            "Create or update the deployments nightly-knowledge/nightly, train/after-knowledge and "
+            "feature-refresh/hourly on the Prefect server at PREFECT_API_URL, with the cron schedules and "
+            "timezone of the `pipelines` config section, for the process work pool pipelines.work_pool "
+            "(created if missing). Runs get --config (as an absolute path) and --set overrides as "
+            "parameters and start in --workdir. Then start a worker: "
+            "`prefect worker start --pool <pipelines.work_pool>`."
+        ),
+    )
+    add_config_args(dep)
+    dep.add_argument(
+        "--workdir",
+        default=None,
+        help="folder the worker runs flows in (relative artifact paths resolve there; default: cwd)",
+    )
+    dep.add_argument("--paused", action="store_true", help="create the schedules paused")
+    dep.add_argument("--dry-run", action="store_true", help="print what would be registered and exit")
+    dep.set_defaults(handler=_deploy)
+
+    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
+
+
+def _run(args: argparse.Namespace) -> int:
+    import os
+
+    from llm4msr.config import load_config
+
+    # The temporary local API can take longer than Prefect's 20 s default to start on a busy machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+    load_config(args.config, args.overrides)  # fail fast on a bad config, before Prefect starts
+    from pipelines.flows import flows
+
+    fl = flows()[args.name]
+    kwargs: dict[str, object] = {"config": args.config, "overrides": list(args.overrides)}
+    if args.name == "nightly-knowledge":
+        kwargs["full"] = bool(args.full)
+    elif args.full:
+        raise UserError(f"--full applies to nightly-knowledge only, not {args.name}")
+    if args.name != "train":
+        kwargs["materialize"] = not args.no_materialize
+    elif args.no_materialize:
+        raise UserError("--no-materialize applies to the knowledge flows only")
+    report = fl(**kwargs)
+    print(json.dumps(report, indent=2, default=str))
+    if (
+        args.name == "train"
+        and not report.get("registered")
+        and not report.get("registry", {}).get("already_current")
+    ):
+        return 3  # completed, but the model was refused (the report says why)
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from llm4msr.config import load_config
+    from pipelines.flows.deployments import deployment_specs, register_deployments
+
+    settings = load_config(args.config, args.overrides)
+    if args.dry_run:
+        for s in deployment_specs(settings, args.config, args.overrides):
+            print(
+                f"{s.full_name:32} cron {s.cron!r} ({settings.pipelines.timezone}) pool "
+                f"{settings.pipelines.work_pool} -> {s.entrypoint} {json.dumps(s.parameters)}"
+            )
+        return 0
+    rows = register_deployments(
+        settings, args.config, args.overrides, working_dir=args.workdir, paused=args.paused
+    )
+    for r in rows:
+        print(f"{r['deployment']:32} {r['id']} cron {r['cron']!r} ({r['timezone']}) pool {r['work_pool']}")
+    print(f"start a worker: prefect worker start --pool {settings.pipelines.work_pool}")
+    return 0

@@ -1,0 +1,81 @@
+"""`llm4msr train`: train a multi-scenario ranker (backbone [+ LLM4MSR meta networks]) into a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pipelines.cli import UserError, add_config_args
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a ranker (backbone + LLM4MSR meta networks) into a run directory",
+        description=(
+            "Train one multi-scenario ranker on a canonical dataset and write a run directory: "
+            "config.yaml, feature_spec.json, model.safetensors, run.json (data + knowledge versions, "
+            "timings), metrics.json (per epoch + final per-scenario AUC/gAUC/Logloss/Recall@K/NDCG@K) "
+            "and predictions.parquet. Adam with the configured LR schedule, early stopping on validation "
+            "AUC, seeded. With train.lr_sweep set, trains once per LR and keeps the best on validation."
+        ),
+    )
+    add_config_args(p)
+    p.add_argument("--data", metavar="DIR", help="canonical dataset folder (default: data.out)")
+    p.add_argument("--knowledge", metavar="SNAPSHOT_DIR_OR_ROOT",
+                   help="knowledge snapshot folder, or an offline store root whose CURRENT version is used "
+                        "(default: knowledge.snapshot_root)")
+    p.add_argument("--backbone", choices=["shared_bottom", "mmoe", "ple", "star", "pepnet", "m2m"],
+                   help="backbone (default: train.backbone)")
+    p.add_argument("--no-llm", action="store_true", help="train the plain backbone (no knowledge, no meta networks)")
+    p.add_argument("--seed", type=int, help="random seed (default: train.seed)")
+    p.add_argument("--seeds", metavar="N,N,...",
+                   help="train once per seed into RUN_DIR/seed_N (for mean ± std in `llm4msr report`)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create")
+    p.set_defaults(handler=_train)
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not seeds:
+        raise UserError("--seeds: no seed given")
+    return seeds
+
+
+def _train(args: argparse.Namespace) -> int:
+    from llm4msr.config import load_config
+
+    overrides = list(args.overrides)
+    if args.backbone:
+        overrides.append(f"train.backbone={args.backbone}")
+    if args.no_llm:
+        overrides.append("train.use_llm=false")
+    settings = load_config(args.config, overrides)
+    data = Path(args.data or settings.data.out)
+    if not data.is_dir():
+        raise UserError(f"dataset folder {data} does not exist; build it with `llm4msr data build` or pass --data")
+    knowledge = args.knowledge or (settings.knowledge.snapshot_root if settings.train.use_llm else None)
+    if settings.train.use_llm and knowledge is not None and not Path(knowledge).exists():
+        raise UserError(f"knowledge snapshot {knowledge} does not exist; build it with `llm4msr knowledge build`, "
+                        "pass --knowledge, or train without it (--no-llm)")
+    from ranker.train import train
+
+    seeds = _parse_seeds(args.seeds) if args.seeds else [args.seed if args.seed is not None else settings.train.seed]
+    out = Path(args.out)
+    for seed in seeds:
+        s = settings.model_copy(deep=True)
+        s.train.seed = seed
+        run_dir = out / f"seed_{seed}" if args.seeds else out
+        result = train(s, data, knowledge if s.train.use_llm else None, run_dir, overwrite=args.overwrite)
+        overall = result.metrics["final"]["overall"]
+        print(f"{run_dir}: {s.train.backbone}{' + LLM4MSR' if s.train.use_llm else ''} seed={seed} "
+              f"lr={result.lr:g} best_epoch={result.best_epoch} test AUC={overall['auc']:.4f} "
+              f"gAUC={overall['gauc']:.4f} Logloss={overall['logloss']:.4f}")
+    return 0

@@ -1,0 +1,157 @@
+"""Prefect deployments of the three flows, with cron schedules from the `pipelines` config.
+
+`register_deployments` talks to the Prefect server named by PREFECT_API_URL, creates the process
+work pool if it does not exist, and creates/updates one deployment per flow:
+
+    nightly-knowledge/nightly   pipelines.nightly_knowledge_cron (02:00)
+    train/after-knowledge       pipelines.train_cron (04:00, after the nightly run)
+    feature-refresh/hourly      pipelines.feature_refresh_cron (every hour)
+
+all in `pipelines.timezone`. Entrypoints are module paths (`pipelines.flows.knowledge.nightly_knowledge`),
+so a worker on a machine with this package installed runs them without code storage or images;
+each run gets the config file path and overrides as parameters, and the process worker starts it
+in `working_dir` (relative artifact paths resolve there).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm4msr.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DeploymentSpec:
+    flow: str  # key of pipelines.flows.flows()
+    name: str
+    entrypoint: str
+    cron: str
+    description: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.flow}/{self.name}"
+
+
+def deployment_specs(
+    settings: Settings, config: str | None = None, overrides: list[str] | None = None
+) -> list[DeploymentSpec]:
+    """What `register_deployments` creates, from the pipelines config (also used by docs/tests)."""
+    p = settings.pipelines
+    params = {"config": str(Path(config).resolve()) if config else None, "overrides": list(overrides or [])}
+    return [
+        DeploymentSpec(
+            "nightly-knowledge",
+            "nightly",
+            "pipelines.flows.knowledge.nightly_knowledge",
+            p.nightly_knowledge_cron,
+            "Nightly knowledge run: incremental LLM encoding, publish offline, materialize online.",
+            {**params, "full": False},
+        ),
+        DeploymentSpec(
+            "train",
+            "after-knowledge",
+            "pipelines.flows.train.train_flow",
+            p.train_cron,
+            "Train + export + register the ranker on the current data and knowledge snapshot.",
+            dict(params),
+        ),
+        DeploymentSpec(
+            "feature-refresh",
+            "hourly",
+            "pipelines.flows.knowledge.feature_refresh",
+            p.feature_refresh_cron,
+            "Re-encode users whose history changed and push them to the online store.",
+            dict(params),
+        ),
+    ]
+
+
+def ensure_work_pool(name: str) -> bool:
+    """Create the process work pool if missing; returns True if it was created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+            return False
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+            log.info("created process work pool %s", name)
+            return True
+
+
+def register_deployments(
+    settings: Settings,
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    working_dir: str | Path | None = None,
+    create_pool: bool = True,
+    paused: bool = False,
+) -> list[dict[str, Any]]:
+    """Create/update the three deployments on the server at PREFECT_API_URL; returns what was registered."""
+    from prefect import deploy
+    from prefect.deployments.runner import EntrypointType
+    from prefect.schedules import Cron
+    from prefect.settings import PREFECT_API_URL
+
+    from pipelines.flows import flows
+
+    if not PREFECT_API_URL.value():
+        raise ValueError(
+            "PREFECT_API_URL is not set: start a server (`prefect server start --host 127.0.0.1`) and export "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api (see docs/pipelines.md)"
+        )
+    pool = settings.pipelines.work_pool
+    if create_pool:
+        ensure_work_pool(pool)
+    wd = str(Path(working_dir or os.getcwd()).resolve())
+    by_name = flows()
+    specs = deployment_specs(settings, config, overrides)
+    deployments = [
+        by_name[s.flow].to_deployment(
+            name=s.name,
+            schedules=[Cron(s.cron, timezone=settings.pipelines.timezone)],
+            parameters=s.parameters,
+            description=s.description,
+            tags=["llm4msr", s.flow],
+            work_pool_name=pool,
+            job_variables={"working_dir": wd},
+            entrypoint_type=EntrypointType.MODULE_PATH,
+            paused=paused,
+        )
+        for s in specs
+    ]
+    ids = deploy(
+        *deployments,
+        work_pool_name=pool,
+        build=False,
+        push=False,
+        print_next_steps_message=False,
+        ignore_warnings=True,
+    )
+    out = [
+        {
+            "deployment": s.full_name,
+            "id": str(i),
+            "cron": s.cron,
+            "timezone": settings.pipelines.timezone,
+            "work_pool": pool,
+            "entrypoint": s.entrypoint,
+        }
+        for s, i in zip(specs, ids, strict=True)
+    ]
+    for row in out:
+        log.info(
+            "deployment %s: cron %r (%s) on pool %s", row["deployment"], row["cron"], row["timezone"], pool
+        )
+    return out

@@ -1,0 +1,261 @@
+"""Training flow: current data + current knowledge snapshot -> train -> evaluate -> export (parity
+gated) -> register in the model registry, unless the candidate is worse than the current model.
+
+Tasks pass run/model folders and content hashes. `train-ranker` is cached on (dataset content id,
+snapshot manifest hash, train/eval config), so re-running the flow on unchanged inputs reuses the
+run instead of training again; `export-model` is cached on the run's weights hash.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+
+from llm4msr.config import ExportConfig, Settings
+from pipelines.flows.common import (
+    StageTimer,
+    cache_on,
+    file_digest,
+    folder_digest,
+    load_settings,
+    run_logger,
+    section_digest,
+    with_config,
+    write_report,
+)
+from pipelines.flows.knowledge import FlowError, locate_dataset
+from pipelines.flows.registry import ModelRegistry, decide
+
+
+def _finite(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def validation_auc(metrics: dict[str, Any]) -> float | None:
+    """The overall validation AUC of a run's metrics.json (the registry's promotion criterion).
+
+    The ranker writes it as the top-level `best_valid_auc` (the epoch/LR kept by early stopping);
+    `final` holds test-split metrics and is never used for promotion.
+    """
+    for key in ("best_valid_auc", "valid_auc", "validation_auc"):
+        if _finite(metrics.get(key)) is not None:
+            return _finite(metrics[key])
+    return None
+
+
+# --------------------------------------------------------------------------- tasks
+@task(name="current-knowledge", persist_result=False)
+def current_knowledge(snapshot_root: str, use_llm: bool) -> dict[str, Any]:
+    """The offline store's current snapshot (path + manifest hash); required unless training --no-llm."""
+    from feature_store.offline_store import OfflineStore
+
+    path = OfflineStore(snapshot_root).current_path()
+    if path is None:
+        if use_llm:
+            raise FlowError(
+                f"no current knowledge snapshot in {snapshot_root}: run the nightly-knowledge flow first "
+                "(or train without knowledge: --set train.use_llm=false)"
+            )
+        return {"path": None, "snapshot_id": None, "digest": None}
+    return {"path": str(path), "snapshot_id": path.name, "digest": folder_digest(path)}
+
+
+@task(name="train-ranker", cache_key_fn=cache_on("dataset_digest", "knowledge_digest", "train_digest"))
+def train_ranker(
+    config: str | None,
+    overrides: list[str] | None,
+    dataset_dir: str,
+    dataset_digest: str | None,
+    knowledge_dir: str | None,
+    knowledge_digest: str | None,
+    train_digest: str,
+    runs_dir: str,
+) -> dict[str, Any]:
+    """Train backbone + meta networks; returns the run folder (contract 4)."""
+    from ranker.train import train
+
+    settings = load_settings(config, overrides)
+    out = Path(runs_dir) / f"flow-{time.strftime('%Y%m%dT%H%M%S')}-{train_digest[:8]}"
+    t0 = time.perf_counter()
+    result = train(settings, Path(dataset_dir), knowledge_dir, out)
+    run_dir = Path(getattr(result, "run_dir", None) or getattr(result, "path", None) or out)
+    run_logger().info("trained %s in %.1fs -> %s", settings.train.backbone, time.perf_counter() - t0, run_dir)
+    return {"run_dir": str(run_dir), "weights_sha256": file_digest(run_dir / "model.safetensors")}
+
+
+@task(name="evaluate-run", persist_result=False)
+def evaluate_run(run_dir: str) -> dict[str, Any]:
+    """Read the run's metrics: overall validation AUC (for promotion) and the final per-scenario metrics."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise FlowError(f"training run {run_dir} has no metrics.json (contract 4)")
+    metrics = json.loads(path.read_text())
+    auc = validation_auc(metrics)
+    final = metrics.get("final", {}) if isinstance(metrics.get("final"), dict) else {}
+    run_logger().info("run %s: validation AUC %s", Path(run_dir).name, "n/a" if auc is None else f"{auc:.4f}")
+    return {"valid_auc": auc, "final": final}
+
+
+@task(name="export-model", cache_key_fn=cache_on("run_dir", "weights_sha256", "export"))
+def export_model(
+    run_dir: str, weights_sha256: str | None, export: dict[str, Any], staging_dir: str, dataset_dir: str
+) -> dict[str, Any]:
+    """ONNX export with the parity gate (ranker.export refuses to publish a model that fails parity)."""
+    from ranker.export import export_run
+
+    out = Path(staging_dir) / f"{Path(run_dir).name}-{(weights_sha256 or 'noweights')[:8]}"
+    if (out / "manifest.json").is_file():  # idempotent: the same run was exported before
+        manifest = json.loads((out / "manifest.json").read_text())
+        parity = manifest.get("parity", {})
+        run_logger().info("export %s already present; reusing it", out)
+        return {"model_dir": str(out), "parity": parity, "exporter": manifest.get("exporter")}
+    report = export_run(Path(run_dir), out, ExportConfig.model_validate(export), dataset_dir=dataset_dir)
+    run_logger().info(report.summary())
+    return {"model_dir": str(report.model_dir), "parity": report.parity, "exporter": report.exporter}
+
+
+@task(name="register-model", persist_result=False)
+def register_model(
+    model_dir: str, registry_dir: str, entry: dict[str, Any], max_auc_regression: float, keep: int
+) -> dict[str, Any]:
+    """Promote the candidate into the registry unless it is worse than the current model by > the margin."""
+    logger = run_logger()
+    registry = ModelRegistry(registry_dir)
+    current = registry.current_entry()
+    if (
+        current is not None
+        and current.get("weights_sha256")
+        and current.get("weights_sha256") == entry.get("weights_sha256")
+    ):
+        mid = registry.current_id()
+        logger.info("model %s (same weights) is already the current model: nothing to register", mid)
+        return {
+            "decision": {"accept": True, "reason": f"same weights as the current model {mid}"},
+            "registered": False,
+            "already_current": True,
+            "model_id": mid,
+            "current_model_id": mid,
+            "model_dir": str(registry.path_of(str(mid))),
+        }
+    decision = decide(
+        entry.get("valid_auc"),
+        None if current is None else current.get("valid_auc"),
+        registry.current_id(),
+        max_auc_regression,
+    )
+    out: dict[str, Any] = {
+        "decision": decision.to_dict(),
+        "registered": False,
+        "model_id": None,
+        "current_model_id": registry.current_id(),
+    }
+    if not decision.accept:
+        logger.warning("model NOT registered: %s", decision.reason)
+        return out
+    mid = registry.register(model_dir, {**entry, "decision": decision.to_dict()})
+    deleted = registry.retain(keep)
+    logger.info(
+        "registered model %s as current (%s)%s",
+        mid,
+        decision.reason,
+        f"; removed old versions {deleted}" if deleted else "",
+    )
+    out.update(registered=True, model_id=mid, current_model_id=mid, model_dir=str(registry.path_of(mid)))
+    return out
+
+
+# --------------------------------------------------------------------------- flow
+@flow(name="train", log_prints=True)
+def train_flow(config: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Train on the current data and knowledge snapshot, export with parity, register if not worse.
+
+    Returns a report: run folder, validation AUC, export, the registry decision (`registered`,
+    `decision.reason`) and seconds per stage. A refused model is not an error: the flow
+    completes and says why in the log and the report.
+    """
+    settings: Settings = load_settings(config, overrides)
+    logger = run_logger()
+    timer = StageTimer()
+    report: dict[str, Any] = {"flow": "train"}
+
+    with timer.stage("data"):
+        dataset = with_config(locate_dataset, settings)(
+            settings.data.model_dump(mode="json"), settings.pipelines.build_data_if_missing
+        )
+    with timer.stage("knowledge"):
+        know = with_config(current_knowledge, settings)(
+            settings.knowledge.snapshot_root, settings.train.use_llm
+        )
+    train_digest = section_digest(settings, "train", "eval")
+    with timer.stage("train"):
+        run = with_config(train_ranker, settings)(
+            config,
+            overrides,
+            dataset["path"],
+            dataset["digest"],
+            know["path"] if settings.train.use_llm else None,
+            know["digest"] if settings.train.use_llm else None,
+            train_digest,
+            settings.train.runs_dir,
+        )
+    with timer.stage("evaluate"):
+        ev = with_config(evaluate_run, settings)(run["run_dir"])
+    with timer.stage("export"):
+        exp = with_config(export_model, settings)(
+            run["run_dir"],
+            run["weights_sha256"],
+            settings.export.model_dump(mode="json"),
+            str(Path(settings.pipelines.work_dir) / "exports"),
+            dataset["path"],
+        )
+    if not exp["parity"].get("passed", False):
+        raise FlowError(f"export {exp['model_dir']} did not pass parity: {exp['parity']}")
+    entry = {
+        "valid_auc": ev["valid_auc"],
+        "run_dir": run["run_dir"],
+        "weights_sha256": run["weights_sha256"],
+        "dataset_dir": dataset["path"],
+        "dataset_digest": dataset["digest"],
+        "knowledge_snapshot_id": know["snapshot_id"],
+        "knowledge_digest": know["digest"],
+        "exporter": exp["exporter"],
+        "parity_max_abs_diff": exp["parity"].get("max_abs_diff"),
+        "train_config_digest": train_digest,
+        "final_metrics": ev["final"],
+    }
+    with timer.stage("register"):
+        reg = with_config(register_model, settings)(
+            exp["model_dir"],
+            settings.pipelines.registry_dir,
+            entry,
+            settings.pipelines.max_auc_regression,
+            settings.pipelines.keep_models,
+        )
+    report.update(
+        dataset=dataset,
+        knowledge=know,
+        run=run,
+        evaluation={"valid_auc": ev["valid_auc"]},
+        export=exp,
+        registry=reg,
+        registered=reg["registered"],
+        reason=reg["decision"]["reason"],
+        timings=timer.timings,
+    )
+    logger.info(
+        "train flow done: %s (%s); stage seconds %s",
+        "registered " + str(reg["model_id"]) if reg["registered"] else "NOT registered",
+        reg["decision"]["reason"],
+        timer.timings,
+    )
+    report["report_path"] = str(write_report(settings, "train", report))
+    return report

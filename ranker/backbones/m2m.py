@@ -1,0 +1,44 @@
+"""M2M (Zhang et al., WSDM 2022), simplified: shared MLP experts; a meta attention module (the
+scenario embedding attends over the expert outputs); a meta tower whose layer weights are
+generated from the scenario embedding (the "meta unit"), with residual connections."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ranker.backbones.base import Backbone, BackboneContext
+from ranker.layers import MLP
+
+N_EXPERTS = 4
+N_META_TOWER_LAYERS = 2
+
+
+class M2M(Backbone):
+    def __init__(self, ctx: BackboneContext, n_experts: int = N_EXPERTS):
+        super().__init__(ctx)
+        self.experts = nn.ModuleList(MLP(ctx.in_dim, ctx.hidden_dims, ctx.dropout) for _ in range(n_experts))
+        h = self.experts[0].out_dim
+        e = ctx.emb_dim
+        self.att_expert = nn.Linear(h, h)
+        self.att_scen = nn.Linear(e, h)
+        self.att_v = nn.Linear(h, 1, bias=False)
+        self.h = h
+        # Meta unit: scenario embedding -> weights + bias of each tower layer.
+        self.meta_w = nn.ModuleList(nn.Linear(e, h * h) for _ in range(N_META_TOWER_LAYERS))
+        self.meta_b = nn.ModuleList(nn.Linear(e, h) for _ in range(N_META_TOWER_LAYERS))
+        for lin in self.meta_w:
+            nn.init.normal_(lin.weight, std=0.01)
+            nn.init.zeros_(lin.bias)
+        self.out = nn.Linear(h, 1)
+
+    def forward(self, emb: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+        x = emb.flatten(1)
+        scen = emb[:, self.ctx.scenario_field]
+        experts = torch.stack([ex(x) for ex in self.experts], dim=1)  # [B, E, H]
+        scores = self.att_v(torch.tanh(self.att_expert(experts) + self.att_scen(scen).unsqueeze(1)))
+        h = (torch.softmax(scores, dim=1) * experts).sum(1)  # [B, H]
+        for gen_w, gen_b in zip(self.meta_w, self.meta_b, strict=True):
+            w = gen_w(scen).view(-1, self.h, self.h)
+            h = h + torch.relu(torch.bmm(h.unsqueeze(1), w).squeeze(1) + gen_b(scen))
+        return self.out(h).squeeze(-1)

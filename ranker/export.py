@@ -1,0 +1,603 @@
+"""One export path for every model: training run -> ONNX file + manifest, published only if parity holds.
+
+`export_run(run_dir, out_dir, cfg)` loads a training run (contract 4), exports the model with the
+dynamo exporter (falling back to the legacy TorchScript exporter when dynamo fails or its graph
+fails parity), reads the graph's actual inputs (a --no-llm model may drop the knowledge inputs),
+checks onnxruntime against PyTorch on batches of 1, 2, 7 and 512 rows (one scenario and mixed
+scenarios, with fallback-knowledge rows) and writes the model directory (contract 5, layout in
+`ranker.serving.artifact`) atomically: a model that fails parity leaves nothing at `out_dir`.
+
+Optional float16 / int8 variants are written under `variants/` with their size, their largest
+score difference and their AUC change on (a sample of) the validation split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from llm4msr.atomic import atomic_directory, sha256_file, write_json_atomic
+from llm4msr.config import ExportConfig
+from llm4msr.provenance import provenance
+from ranker.serving import artifact as A
+
+log = logging.getLogger(__name__)
+
+
+class ExportError(ValueError):
+    """The model cannot be exported (both exporters failed, bad run directory, ...)."""
+
+
+class ParityError(ExportError):
+    """onnxruntime and PyTorch disagree by more than the tolerance; nothing was published."""
+
+
+@dataclass
+class ExportSource:
+    """Everything the exporter needs, independent of where it came from (a run dir or a test)."""
+
+    model: nn.Module
+    layout: A.FeatureLayout
+    vocabs: dict[str, dict[str, int]]
+    users: A.LookupTable
+    items: A.LookupTable
+    knowledge_dim: int
+    use_llm: bool = True
+    knowledge: dict[str, Any] = field(default_factory=dict)  # family, snapshot_id, ...
+    feature_spec: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)  # training run provenance (run.json + path)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    scenarios: list[str] = field(default_factory=list)
+    # Validation rows as model inputs + labels, for the AUC change of float16/int8 variants.
+    valid: tuple[dict[str, np.ndarray], np.ndarray] | None = None
+
+
+@dataclass
+class ExportReport:
+    model_dir: Path
+    exporter: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    parity: dict[str, Any]
+    variants: dict[str, dict[str, Any]]
+    seconds: float
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [
+            f"exported {self.model_dir} with the {self.exporter} exporter in {self.seconds:.1f}s",
+            f"inputs: {', '.join(i['name'] for i in self.inputs)}",
+            f"parity: max |onnx - torch| = {self.parity['max_abs_diff']:.2e} over {len(self.parity['cases'])} "
+            f"batches (tolerance {self.parity['atol']:.0e}) -> {'passed' if self.parity['passed'] else 'FAILED'}",
+        ]
+        for name, v in self.variants.items():
+            auc = "" if v.get("auc_delta") is None else f", AUC change {v['auc_delta']:+.5f}"
+            lines.append(
+                f"variant {name}: {v['bytes'] / 1e6:.2f} MB, max |diff| {v['max_abs_diff']:.2e}{auc}"
+            )
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- inputs
+def make_inputs(
+    source: ExportSource, batch: int, *, mixed: bool, fallback: str, seed: int
+) -> dict[str, np.ndarray]:
+    """A realistic random batch: real users/items (plus unknown ids), one or many scenarios.
+
+    fallback: "none" (every row has knowledge), "some" (about a third fall back) or "all".
+    """
+    rng = np.random.default_rng(seed)
+    asm = A.FeatureAssembler(source.layout, source.vocabs, source.users, source.items)
+    pool_u = source.users.ids or ["<none>"]
+    pool_i = source.items.ids or ["<none>"]
+    users = [pool_u[k] if k >= 0 else "__unknown__" for k in rng.integers(-1, len(pool_u), batch)]
+    items = [pool_i[k] if k >= 0 else "__unknown__" for k in rng.integers(-1, len(pool_i), batch)]
+    scen_ids = source.scenarios or list(source.vocabs.get(source.layout.scenario_feature, {})) or ["__none__"]
+    if mixed:
+        scen = [scen_ids[k] for k in rng.integers(0, len(scen_ids), batch)]
+    else:
+        scen = [scen_ids[int(rng.integers(0, len(scen_ids)))]] * batch
+    sparse = asm.build_rows(users, scen, items)
+    # Also touch random vocabulary indices (every embedding row is reachable), user-side only so
+    # the scenario column keeps its single/mixed meaning.
+    if batch >= 4:
+        for col in source.layout.columns("item"):
+            sparse[::4, col] = rng.integers(0, source.layout.features[col].vocab_size, len(sparse[::4]))
+    k = max(int(source.knowledge_dim), 1)
+    has = {"none": np.ones(batch), "all": np.zeros(batch), "some": (rng.random(batch) > 0.33).astype(float)}[
+        fallback
+    ]
+    uk = rng.normal(0, 1, (batch, k)).astype(np.float32) * has[:, None].astype(np.float32)
+    sk = rng.normal(0, 1, (batch, k)).astype(np.float32)
+    return {
+        "sparse_ids": sparse.astype(np.int64),
+        "user_knowledge": uk,
+        "user_has_knowledge": has.astype(np.float32),
+        "scenario_knowledge": sk,
+    }
+
+
+def torch_scores(model: nn.Module, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()})
+    return out.detach().cpu().numpy().astype(np.float32).reshape(-1)
+
+
+def onnx_scores(session: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    names = [i.name for i in session.get_inputs()]
+    return np.asarray(session.run(None, {n: inputs[n] for n in names})[0], dtype=np.float32).reshape(-1)
+
+
+def parity_cases(cfg: ExportConfig) -> list[tuple[int, bool, str]]:
+    """(batch, mixed scenarios, fallback) for every check: all batch sizes x single/mixed, plus
+    all-fallback batches, so each batch size sees rows with and without knowledge."""
+    cases = []
+    for b in cfg.parity_batch_sizes:
+        cases.append((b, False, "none" if b == 1 else "some"))
+        cases.append((b, True, "all" if b == 1 else "some"))
+    cases.append((max(cfg.parity_batch_sizes), True, "all"))
+    return cases
+
+
+def check_parity(
+    model: nn.Module, onnx_path: Path, source: ExportSource, cfg: ExportConfig
+) -> dict[str, Any]:
+    sess = A.open_session(onnx_path, 1, 1)
+    results = []
+    for i, (b, mixed, fb) in enumerate(parity_cases(cfg)):
+        x = make_inputs(source, b, mixed=mixed, fallback=fb, seed=cfg.parity_seed + i)
+        ref, got = torch_scores(model, x), onnx_scores(sess, x)
+        if got.shape != ref.shape:
+            diff = float("inf")
+        else:
+            diff = float(np.max(np.abs(got - ref))) if b else 0.0
+            if not np.isfinite(got).all():
+                diff = float("inf")
+        results.append(
+            {
+                "batch": b,
+                "scenarios": "mixed" if mixed else "single",
+                "fallback": fb,
+                "max_abs_diff": diff,
+                "shape": list(got.shape),
+            }
+        )
+    worst = max(r["max_abs_diff"] for r in results)
+    return {
+        "atol": cfg.parity_atol,
+        "max_abs_diff": worst,
+        "passed": bool(worst <= cfg.parity_atol),
+        "dtype": "float32",
+        "cases": results,
+    }
+
+
+# ---------------------------------------------------------------------------- exporters
+def _example(source: ExportSource, cfg: ExportConfig) -> dict[str, torch.Tensor]:
+    x = make_inputs(source, cfg.example_batch, mixed=True, fallback="some", seed=cfg.parity_seed + 10_000)
+    return {k: torch.from_numpy(v) for k, v in x.items()}
+
+
+def _export_dynamo(model: nn.Module, example: dict[str, torch.Tensor], path: Path, opset: int) -> None:
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    shapes = {name: {0: batch} for name in example}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(
+            model,
+            (),
+            kwargs=example,
+            dynamo=True,
+            dynamic_shapes=shapes,
+            external_data=False,
+            opset_version=opset,
+            input_names=list(example),
+            output_names=["score"],
+            verbose=False,
+        )
+        if prog is None:
+            raise ExportError("the dynamo exporter returned no program")
+        prog.save(str(path), external_data=False)
+
+
+def _export_legacy(model: nn.Module, example: dict[str, torch.Tensor], path: Path, opset: int) -> None:
+    names = list(example)
+    axes = {n: {0: "batch"} for n in [*names, "score"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            tuple(example.values()),
+            str(path),
+            dynamo=False,
+            input_names=names,
+            output_names=["score"],
+            dynamic_axes=axes,
+            opset_version=opset,
+            export_params=True,
+            do_constant_folding=True,
+        )
+
+
+EXPORTERS: dict[str, Callable[[nn.Module, dict[str, torch.Tensor], Path, int], None]] = {
+    "dynamo": _export_dynamo,
+    "legacy": _export_legacy,
+}
+
+
+def _check_graph(path: Path, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
+    """The batch dimension must be symbolic and the output a [B] float score; no side data file."""
+    side = [p.name for p in path.parent.iterdir() if p.name.startswith(path.name) and p.name != path.name]
+    if side:
+        raise ExportError(f"{path}: exporter wrote external data {side}; weights must be inside the file")
+    if "sparse_ids" not in [i["name"] for i in inputs]:
+        raise ExportError(f"{path}: graph has no 'sparse_ids' input (inputs: {[i['name'] for i in inputs]})")
+    unexpected = [i["name"] for i in inputs if i["name"] not in A.ALL_INPUTS]
+    if unexpected:
+        raise ExportError(
+            f"{path}: unexpected graph inputs {unexpected}, expected a subset of {A.ALL_INPUTS}"
+        )
+    for io in (*inputs, *outputs):
+        if io["shape"] and isinstance(io["shape"][0], int):
+            raise ExportError(
+                f"{path}: {io['name']} has a fixed batch dimension {io['shape'][0]}, expected dynamic"
+            )
+    if len(outputs) != 1 or outputs[0]["dtype"] != "float" or len(outputs[0]["shape"]) != 1:
+        raise ExportError(f"{path}: expected one float output of shape [batch], got {outputs}")
+
+
+# ---------------------------------------------------------------------------- variants
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    if len(np.unique(labels)) < 2:
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores))
+
+
+def _score_batched(sess: Any, inputs: dict[str, np.ndarray], batch: int = 4096) -> np.ndarray:
+    n = len(inputs["sparse_ids"])
+    return np.concatenate(
+        [onnx_scores(sess, {k: v[a : a + batch] for k, v in inputs.items()}) for a in range(0, n, batch)]
+        or [np.zeros(0, np.float32)]
+    )
+
+
+def _make_variant(kind: str, src: Path, dst: Path) -> None:
+    import onnx
+
+    if kind == "float16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+        onnx.save(model, str(dst))
+    elif kind == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    else:  # pragma: no cover - config validation prevents it
+        raise ExportError(f"unknown variant {kind!r}")
+
+
+def build_variants(tmp: Path, source: ExportSource, cfg: ExportConfig) -> dict[str, dict[str, Any]]:
+    """float16 / int8 files with size, largest score change and AUC change on validation rows."""
+    if not cfg.variants:
+        return {}
+    (tmp / A.VARIANTS_DIR).mkdir()
+    base = A.open_session(tmp / A.MODEL_FILE, 1, 1)
+    probe = make_inputs(source, 512, mixed=True, fallback="some", seed=cfg.parity_seed + 20_000)
+    base_probe = onnx_scores(base, probe)
+    base_auc = None
+    if source.valid is not None:
+        vx, vy = source.valid
+        base_auc = _auc(vy, _score_batched(base, vx))
+    out: dict[str, dict[str, Any]] = {}
+    for kind in cfg.variants:
+        rel = f"{A.VARIANTS_DIR}/model.{kind}.onnx"
+        _make_variant(kind, tmp / A.MODEL_FILE, tmp / rel)
+        sess = A.open_session(tmp / rel, 1, 1)
+        meta: dict[str, Any] = {
+            "file": rel,
+            "bytes": (tmp / rel).stat().st_size,
+            "sha256": sha256_file(tmp / rel),
+            "max_abs_diff": float(np.max(np.abs(onnx_scores(sess, probe) - base_probe))),
+            "auc": None,
+            "auc_float32": base_auc,
+            "auc_delta": None,
+            "eval_rows": 0,
+        }
+        if source.valid is not None:
+            vx, vy = source.valid
+            meta["auc"] = _auc(vy, _score_batched(sess, vx))
+            meta["eval_rows"] = int(len(vy))
+            if meta["auc"] is not None and base_auc is not None:
+                meta["auc_delta"] = meta["auc"] - base_auc
+        out[kind] = meta
+        log.info(
+            "variant %s: %.2f MB, max |diff| %.2e, AUC change %s",
+            kind,
+            meta["bytes"] / 1e6,
+            meta["max_abs_diff"],
+            meta["auc_delta"],
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------- the export path
+def export_source(
+    source: ExportSource, out_dir: str | Path, cfg: ExportConfig, *, overwrite: bool = False
+) -> ExportReport:
+    """Export, check parity, write the model directory atomically. Raises ParityError (nothing
+    published) when no exporter produces a graph within `cfg.parity_atol` of PyTorch."""
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists (pass --overwrite to replace it)")
+    model = source.model.eval()
+    example = _example(source, cfg)
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._dynamo"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger(noisy).level))
+    order = {"auto": ["dynamo", "legacy"], "dynamo": ["dynamo"], "legacy": ["legacy"]}[cfg.exporter]
+    attempts: list[dict[str, Any]] = []
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        onnx_path = tmp / A.MODEL_FILE
+        chosen = None
+        for name in order:
+            work = tmp / f".try-{name}"
+            work.mkdir()
+            path = work / A.MODEL_FILE
+            try:
+                EXPORTERS[name](model, example, path, cfg.opset)
+                inputs, outputs = A.graph_io(path)
+                _check_graph(path, inputs, outputs)
+                parity = check_parity(model, path, source, cfg)
+            except Exception as exc:  # noqa: BLE001 - any exporter failure means: try the next one
+                log.warning("%s exporter failed: %s", name, str(exc).splitlines()[0] if str(exc) else exc)
+                attempts.append(
+                    {"exporter": name, "ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]}
+                )
+                continue
+            attempts.append(
+                {"exporter": name, "ok": parity["passed"], "max_abs_diff": parity["max_abs_diff"]}
+            )
+            if parity["passed"]:
+                path.rename(onnx_path)
+                chosen = (name, inputs, outputs, parity)
+                break
+            log.warning(
+                "%s exporter: parity failed (max |diff| %.3e > %.0e)",
+                name,
+                parity["max_abs_diff"],
+                cfg.parity_atol,
+            )
+        for name in order:
+            d = tmp / f".try-{name}"
+            if d.exists():
+                for p in d.iterdir():
+                    p.unlink()
+                d.rmdir()
+        if chosen is None:
+            detail = "; ".join(
+                f"{a['exporter']}: "
+                + (f"max |diff| {a['max_abs_diff']:.3e}" if "max_abs_diff" in a else a["error"][:300])
+                for a in attempts
+            )
+            cls = ParityError if any("max_abs_diff" in a for a in attempts) else ExportError
+            raise cls(
+                f"refusing to publish {out_dir}: no exporter produced a model within "
+                f"{cfg.parity_atol:.0e} of PyTorch ({detail})"
+            )
+        exporter, inputs, outputs, parity = chosen
+        dropped = [n for n in A.ALL_INPUTS if n not in [i["name"] for i in inputs]]
+        write_json_atomic(tmp / A.VOCABS_FILE, source.vocabs)
+        lookups = {
+            "users": source.users.write(tmp / A.USERS_FILE),
+            "items": source.items.write(tmp / A.ITEMS_FILE),
+            "vocabs": {"file": A.VOCABS_FILE, "sha256": sha256_file(tmp / A.VOCABS_FILE)},
+        }
+        variants = build_variants(tmp, source, cfg)
+        manifest = {
+            "format_version": A.FORMAT_VERSION,
+            "model": {
+                "file": A.MODEL_FILE,
+                "bytes": onnx_path.stat().st_size,
+                "sha256": sha256_file(onnx_path),
+                "opset": cfg.opset,
+                "external_data": False,
+            },
+            "exporter": exporter,
+            "export_attempts": attempts,
+            "inputs": inputs,
+            "outputs": outputs,
+            "dropped_inputs": dropped,
+            "layout": source.layout.to_dict(),
+            "feature_spec": source.feature_spec,
+            "scenarios": list(source.scenarios),
+            "lookups": lookups,
+            "knowledge": {
+                "use_llm": source.use_llm,
+                "dimension": int(source.knowledge_dim),
+                **source.knowledge,
+            },
+            "training_run": source.run,
+            "metrics": source.metrics,
+            "parity": parity,
+            "variants": variants,
+            "provenance": provenance("torch", "onnx", "onnxruntime", "onnxscript"),
+        }
+        write_json_atomic(tmp / A.MANIFEST_FILE, manifest)
+        # Last check before publishing: the directory loads the way serving will load it.
+        A.load_artifact(tmp)
+    report = ExportReport(
+        model_dir=out_dir,
+        exporter=exporter,
+        inputs=inputs,
+        outputs=outputs,
+        parity=parity,
+        variants=variants,
+        seconds=time.perf_counter() - t0,
+        attempts=attempts,
+    )
+    log.info("%s", report.summary())
+    return report
+
+
+# ---------------------------------------------------------------------------- from a training run
+def layout_from_spec(spec: Any) -> A.FeatureLayout:
+    """ranker.features.FeatureSpec -> the serving layout (feature order, sides, vocab sizes)."""
+    feats = [A.Feature(f.name, f.source, int(f.vocab_size)) for f in spec.features]
+    return A.FeatureLayout(features=feats, scenario_feature=spec.features[spec.scenario_index].name)
+
+
+def lookups_from_spec(spec: Any, users: Any, items: Any) -> tuple[A.LookupTable, A.LookupTable]:
+    """Per-entity feature indices, computed by the spec's own encoder (the one training uses), so
+    the serving path cannot drift from training."""
+    import polars as pl
+
+    def table(key: str, frame: pl.DataFrame, side: str) -> A.LookupTable:
+        cols = [i for i, f in enumerate(spec.features) if f.source == side]
+        ids = frame[key].cast(pl.String).to_list()
+        rows = pl.DataFrame(
+            {
+                "user_id": ids if key == "user_id" else [None] * len(ids),
+                "item_id": ids if key == "item_id" else [None] * len(ids),
+                "scenario_id": [None] * len(ids),
+            },
+            schema={"user_id": pl.String, "item_id": pl.String, "scenario_id": pl.String},
+        )
+        enc = spec.encode_rows(rows, users, items) if ids else np.zeros((0, len(spec.features)), np.int64)
+        return A.LookupTable.build(ids, [spec.features[i].name for i in cols], enc[:, cols])
+
+    return table("user_id", users, "user"), table("item_id", items, "item")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise ExportError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def source_from_run(
+    run_dir: str | Path, *, dataset_dir: str | Path | None = None, valid_rows: int = 20_000, seed: int = 0
+) -> ExportSource:
+    """Load a training run (contract 4) and the dataset it was trained on into an ExportSource."""
+    from feature_store.dataset import load_dataset
+    from ranker.model_io import load_run
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"training run directory {run_dir} does not exist")
+    model, spec = load_run(run_dir)
+    run = _read_json(run_dir / "run.json")
+    metrics = _read_json(run_dir / "metrics.json")
+    ds_path = Path(dataset_dir) if dataset_dir else _dataset_path(run_dir, run)
+    ds = load_dataset(ds_path)
+    users_t, items_t = lookups_from_spec(spec, ds.users, ds.items)
+    know = run.get("knowledge") or {}
+    source = ExportSource(
+        model=model,
+        layout=layout_from_spec(spec),
+        vocabs=spec.vocabs,
+        users=users_t,
+        items=items_t,
+        knowledge_dim=int(spec.knowledge_dim),
+        use_llm=bool(run.get("use_llm", bool(know))),
+        knowledge={
+            "family": know.get("family"),
+            "snapshot_id": know.get("snapshot_id"),
+            "snapshot_path": know.get("path"),
+        },
+        feature_spec=spec.to_dict() | {"vocabs": f"see {A.VOCABS_FILE}"},
+        run={
+            "path": str(run_dir.resolve()),
+            "backbone": run.get("backbone"),
+            "use_llm": run.get("use_llm"),
+            "meta": run.get("meta"),
+            "seed": run.get("seed"),
+            "lr": run.get("lr"),
+            "best_epoch": run.get("best_epoch"),
+            "dataset": run.get("dataset"),
+            "knowledge": know or None,
+            "provenance": run.get("provenance"),
+        },
+        metrics={"best_valid_auc": metrics.get("best_valid_auc"), "final": metrics.get("final")},
+        scenarios=spec.scenario_ids(),
+    )
+    source.valid = _valid_inputs(spec, ds, know.get("path"), valid_rows, seed)
+    return source
+
+
+def _dataset_path(run_dir: Path, run: dict[str, Any]) -> Path:
+    path = (run.get("dataset") or {}).get("path") if isinstance(run.get("dataset"), dict) else None
+    if path:
+        return Path(path)
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        import yaml
+
+        out = ((yaml.safe_load(cfg_path.read_text()) or {}).get("data") or {}).get("out")
+        if out:
+            return Path(out)
+    raise ExportError(
+        f"{run_dir}: cannot tell which dataset the run used (no dataset path in run.json or config.yaml); "
+        "pass --dataset"
+    )
+
+
+def _valid_inputs(
+    spec: Any, ds: Any, snapshot_path: str | None, rows: int, seed: int
+) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
+    """A seeded sample of the validation split as model inputs, with knowledge from the run's
+    snapshot exactly as training feeds it, for the float16/int8 AUC change."""
+    import polars as pl
+
+    valid = ds.interactions.filter(pl.col("split") == "valid")
+    if valid.height == 0:
+        return None
+    if valid.height > rows:
+        valid = valid.sample(n=rows, seed=seed)
+    sparse = spec.encode_rows(valid, ds.users, ds.items)
+    n, k = valid.height, max(int(spec.knowledge_dim), 1)
+    x = {
+        "sparse_ids": sparse,
+        "user_knowledge": np.zeros((n, k), np.float32),
+        "user_has_knowledge": np.zeros(n, np.float32),
+        "scenario_knowledge": np.zeros((n, k), np.float32),
+    }
+    if snapshot_path and spec.knowledge_dim > 0 and Path(snapshot_path).exists():
+        from ranker.knowledge import load_knowledge
+
+        kt = load_knowledge(snapshot_path, int(spec.knowledge_dim))
+        uidx, sidx = kt.lookup(valid, "validation split")
+        x["user_knowledge"] = kt.user_vectors[uidx]
+        x["user_has_knowledge"] = (uidx > 0).astype(np.float32)
+        x["scenario_knowledge"] = kt.scenario_vectors[sidx]
+    return x, valid["label"].to_numpy().astype(np.int64)
+
+
+def export_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    cfg: ExportConfig,
+    *,
+    dataset_dir: str | Path | None = None,
+    overwrite: bool = False,
+) -> ExportReport:
+    """Export a training run directory to a model directory (see module docstring)."""
+    source = source_from_run(
+        run_dir, dataset_dir=dataset_dir, valid_rows=cfg.variant_eval_rows, seed=cfg.parity_seed
+    )
+    return export_source(source, out_dir, cfg, overwrite=overwrite)

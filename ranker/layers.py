@@ -1,0 +1,132 @@
+"""Reusable blocks every backbone and meta network is built from.
+
+Export rules (ONNX, serving parity): per-scenario parameters are gathered by scenario index
+(`gather_scenario`), never selected with boolean masks; no Python branching on data; at
+inference nothing depends on batch statistics, so a row's score never depends on its batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def gather_scenario(per_scenario: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+    """Pick row `scenario[b]` of `per_scenario` [B, S, ...] for every b -> [B, ...] (an ONNX Gather)."""
+    b, s = per_scenario.shape[0], per_scenario.shape[1]
+    idx = scenario.clamp(0, s - 1).reshape(b, 1, *([1] * (per_scenario.dim() - 2)))
+    idx = idx.expand(b, 1, *per_scenario.shape[2:])
+    return torch.gather(per_scenario, 1, idx).squeeze(1)
+
+
+class FeatureEmbedding(nn.Module):
+    """One table for all sparse features (offset per feature): ids [B, F] -> embeddings [B, F, D]."""
+
+    def __init__(self, vocab_sizes: list[int], dim: int):
+        super().__init__()
+        offsets = torch.tensor([0, *torch.tensor(vocab_sizes).cumsum(0).tolist()[:-1]], dtype=torch.int64)
+        self.register_buffer("offsets", offsets, persistent=False)
+        self.register_buffer("sizes", torch.tensor(vocab_sizes, dtype=torch.int64), persistent=False)
+        self.table = nn.Embedding(int(sum(vocab_sizes)), dim)
+        nn.init.normal_(self.table.weight, std=0.05)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        # Out-of-range ids (a serving bug) become "unknown" instead of reading another feature's row.
+        ids = torch.where((ids >= 0) & (ids < self.sizes), ids, torch.zeros_like(ids))
+        return self.table(ids + self.offsets)
+
+
+class MLP(nn.Module):
+    """Linear -> ReLU -> Dropout stack; `out_dim` adds a final linear layer without activation."""
+
+    def __init__(self, in_dim: int, hidden: list[int], dropout: float = 0.0, out_dim: int | None = None):
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = in_dim
+        for h in hidden:
+            layers += [nn.Linear(d, h), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            d = h
+        if out_dim is not None:
+            layers.append(nn.Linear(d, out_dim))
+            d = out_dim
+        self.net = nn.Sequential(*layers)
+        self.out_dim = d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ScenarioLinear(nn.Module):
+    """A linear layer with separate weights per scenario: y = x W[s] + b[s]."""
+
+    def __init__(self, n_scenarios: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_scenarios, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(n_scenarios, out_dim))
+        nn.init.normal_(self.weight, std=in_dim**-0.5)
+
+    def forward(self, x: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+        # All scenarios at once, then gather: cheap for few scenarios and export-friendly.
+        out = torch.einsum("bi,sio->bso", x, self.weight) + self.bias.unsqueeze(0)
+        return gather_scenario(out, scenario)
+
+
+class PartitionedNorm(nn.Module):
+    """Normalisation with statistics kept per scenario (STAR's partitioned normalisation).
+
+    Training: each row is normalised with the batch statistics of its own scenario (computed
+    with a one-hot matrix, no masks) and per-scenario running statistics are updated.
+    Inference: running statistics only, so a row's output never depends on its batch.
+    Scale/shift = shared ⊙/+ per-scenario parameters.
+    """
+
+    def __init__(self, n_scenarios: int, dim: int, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        self.n_scenarios, self.momentum, self.eps = n_scenarios, momentum, eps
+        self.gamma = nn.Parameter(torch.ones(dim))
+        self.beta = nn.Parameter(torch.zeros(dim))
+        self.gamma_s = nn.Parameter(torch.ones(n_scenarios, dim))
+        self.beta_s = nn.Parameter(torch.zeros(n_scenarios, dim))
+        self.register_buffer("running_mean", torch.zeros(n_scenarios, dim))
+        self.register_buffer("running_var", torch.ones(n_scenarios, dim))
+
+    def forward(self, x: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            onehot = F.one_hot(scenario, self.n_scenarios).to(x.dtype)  # [B, S]
+            count = onehot.sum(0)  # [S]
+            denom = count.clamp(min=1.0).unsqueeze(1)
+            mean_s = onehot.t() @ x / denom
+            centred = x - mean_s.index_select(0, scenario)
+            var_s = onehot.t() @ centred.pow(2) / denom
+            with torch.no_grad():
+                seen = (count > 0).unsqueeze(1)
+                m = self.momentum
+                self.running_mean.copy_(torch.where(seen, (1 - m) * self.running_mean + m * mean_s, self.running_mean))
+                self.running_var.copy_(torch.where(seen, (1 - m) * self.running_var + m * var_s, self.running_var))
+            var = var_s.index_select(0, scenario)
+        else:
+            centred = x - self.running_mean.index_select(0, scenario)
+            var = self.running_var.index_select(0, scenario)
+        normed = centred / torch.sqrt(var + self.eps)
+        gamma = self.gamma * self.gamma_s.index_select(0, scenario)
+        beta = self.beta + self.beta_s.index_select(0, scenario)
+        return normed * gamma + beta
+
+
+class KnowledgeProjector(nn.Module):
+    """LLM knowledge vector [B, K] -> compact representation [B, P].
+
+    LayerNorm first because hidden states of different LLMs have very different scales; it is
+    per row, so inference stays batch independent.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.proj = nn.Linear(in_dim, out_dim)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.proj(self.norm(h)))

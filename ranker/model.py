@@ -1,0 +1,81 @@
+"""The ranker: field embeddings -> [user-level meta layers] -> backbone (+ scenario-level meta
+network in parallel) -> click probability. One class for every backbone and every LLM4MSR
+variant, with the forward signature of contract 4 (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llm4msr.config import TrainConfig
+from ranker.backbones import BackboneContext, build_backbone
+from ranker.features import FeatureSpec
+from ranker.layers import FeatureEmbedding
+from ranker.meta import KnowledgeConcat, ScenarioMetaNetwork, UserMetaNetwork
+
+INPUT_NAMES = ("sparse_ids", "user_knowledge", "user_has_knowledge", "scenario_knowledge")
+OUTPUT_NAME = "score"
+
+
+class RankerModel(nn.Module):
+    """forward(sparse_ids [B,F] int64, user_knowledge [B,K], user_has_knowledge [B], scenario_knowledge [B,K])
+    -> score [B] (probability). With use_llm=False the knowledge inputs are accepted and ignored."""
+
+    def __init__(self, spec: FeatureSpec, cfg: TrainConfig):
+        super().__init__()
+        self.spec_scenario_index = spec.scenario_index
+        self.n_scenarios = spec.n_scenarios
+        self.use_llm = cfg.use_llm
+        meta = cfg.meta
+        k = spec.knowledge_dim
+        if cfg.use_llm and k < 1:
+            raise ValueError("use_llm=True needs knowledge vectors (knowledge dimension is 0); pass a snapshot or --no-llm")
+        d_emb = cfg.embedding_dim
+        self.embedding = FeatureEmbedding([f.vocab_size for f in spec.features], d_emb)
+        n_fields = spec.n_features
+        self.user_meta: UserMetaNetwork | None = None
+        self.scenario_meta: ScenarioMetaNetwork | None = None
+        self.concat: KnowledgeConcat | None = None
+        d = n_fields * d_emb
+        if cfg.use_llm and meta.mode == "meta":
+            if meta.user_level:
+                self.user_meta = UserMetaNetwork(k, d, meta.knowledge_proj_dim, meta.n_meta_layers,
+                                                 meta.generated_weights, meta.rank)
+            if meta.scenario_level:
+                self.scenario_meta = ScenarioMetaNetwork(
+                    k, d, cfg.hidden_dims[-1] if cfg.hidden_dims else 32, meta.knowledge_proj_dim,
+                    meta.n_meta_layers, meta.generated_weights, meta.rank, meta.merge)
+        elif cfg.use_llm and meta.mode == "concat" and (meta.user_level or meta.scenario_level):
+            self.concat = KnowledgeConcat(k, d_emb, meta.user_level, meta.scenario_level)
+            n_fields += self.concat.n_fields
+        ctx = BackboneContext(
+            n_fields=n_fields, emb_dim=d_emb, n_scenarios=spec.n_scenarios, hidden_dims=list(cfg.hidden_dims),
+            dropout=cfg.dropout, scenario_field=spec.scenario_index,
+            user_fields=[spec.index_of("user_id")], item_fields=[spec.index_of("item_id")],
+        )
+        self.backbone = build_backbone(cfg.backbone, ctx)
+
+    def logit(self, sparse_ids: torch.Tensor, user_knowledge: torch.Tensor, user_has_knowledge: torch.Tensor,
+              scenario_knowledge: torch.Tensor) -> torch.Tensor:
+        scenario = sparse_ids[:, self.spec_scenario_index].clamp(0, self.n_scenarios - 1)
+        emb = self.embedding(sparse_ids)
+        if self.user_meta is not None:
+            emb = self.user_meta(emb, user_knowledge, user_has_knowledge)
+        if self.concat is not None:
+            emb = self.concat(emb, user_knowledge, user_has_knowledge, scenario_knowledge)
+        out = self.backbone(emb, scenario)
+        if self.scenario_meta is not None:
+            out = self.scenario_meta(out, emb, scenario_knowledge)
+        return out
+
+    def forward(self, sparse_ids: torch.Tensor, user_knowledge: torch.Tensor, user_has_knowledge: torch.Tensor,
+                scenario_knowledge: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logit(sparse_ids, user_knowledge, user_has_knowledge, scenario_knowledge))
+
+
+def build_model(spec: FeatureSpec, cfg: TrainConfig) -> RankerModel:
+    return RankerModel(spec, cfg)
+
+
+def count_parameters(module: nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())

@@ -1,0 +1,73 @@
+"""Load and save trained rankers: weights in safetensors (no pickles), spec and config as text.
+
+`load_run(run_dir)` is what export and serving call; it rebuilds the exact model from the run
+directory's `config.yaml` + `feature_spec.json` and loads `model.safetensors` strictly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from llm4msr.config import Settings, load_config
+from ranker.features import SPEC_FILE, FeatureSpec
+from ranker.model import RankerModel, build_model
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model.safetensors"
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.parquet"
+
+
+def save_weights(model: nn.Module, path: str | Path) -> None:
+    """State dict (parameters + buffers such as running statistics) as safetensors."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path))
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    state = load_file(str(path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+
+
+def load_run(run_dir: str | Path) -> tuple[RankerModel, FeatureSpec]:
+    """(model in eval mode, feature spec) of a training run directory."""
+    run_dir = Path(run_dir)
+    for name in (CONFIG_FILE, SPEC_FILE, WEIGHTS_FILE):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir} is not a complete training run: {name} is missing")
+    settings = load_run_settings(run_dir)
+    spec = FeatureSpec.load(run_dir / SPEC_FILE)
+    model = build_model(spec, settings.train)
+    load_weights(model, run_dir / WEIGHTS_FILE)
+    model.eval()
+    return model, spec
+
+
+def load_run_settings(run_dir: str | Path) -> Settings:
+    return load_config(Path(run_dir) / CONFIG_FILE)
+
+
+def example_inputs(spec: FeatureSpec, batch: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Valid random inputs named as in contract 4 (for export tracing and parity checks).
+
+    Half the rows have user knowledge; K is at least 1 even for --no-llm models.
+    """
+    g = torch.Generator().manual_seed(seed)
+    k = max(spec.knowledge_dim, 1)
+    cols = [torch.randint(0, f.vocab_size, (batch,), generator=g) for f in spec.features]
+    return {
+        "sparse_ids": torch.stack(cols, dim=1).to(torch.int64),
+        "user_knowledge": torch.randn(batch, k, generator=g),
+        "user_has_knowledge": (torch.arange(batch) % 2 == 0).to(torch.float32),
+        "scenario_knowledge": torch.randn(batch, k, generator=g),
+    }

@@ -1,0 +1,335 @@
+"""Training: one multi-scenario ranker (any backbone, with or without LLM4MSR) -> a run directory.
+
+Run directory (contract 4), built in a temporary sibling folder and renamed when complete:
+
+    config.yaml          resolved settings (train.lr = the learning rate kept by a sweep)
+    feature_spec.json    ranker.features.FeatureSpec
+    model.safetensors    best-epoch weights (validation AUC)
+    checkpoints/         epoch_NNN.safetensors of the latest epoch (resume/debug)
+    run.json             dataset + knowledge versions, seed, timings, parameter counts, fallback rate
+    metrics.json         per-epoch history (+ every sweep LR) and final per-scenario test metrics
+    predictions.parquet  test rows + sampled top-K negatives: user_id, item_id, scenario_id, label,
+                         score, source ("test" | "sampled")
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from feature_store.dataset import CanonicalDataset, DataError, load_dataset
+from llm4msr.atomic import atomic_directory, write_json_atomic, write_text_atomic
+from llm4msr.config import EvalConfig, Settings, dump_config
+from llm4msr.provenance import provenance
+from ranker import metrics as M
+from ranker.features import SPEC_FILE, FeatureSpec, build_spec
+from ranker.knowledge import KnowledgeTables, load_knowledge
+from ranker.model import RankerModel, build_model, count_parameters
+from ranker.model_io import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    RUN_FILE,
+    WEIGHTS_FILE,
+    save_weights,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    lr: float
+    best_epoch: int
+    best_valid_auc: float
+    metrics: dict[str, Any]
+    run_info: dict[str, Any] = field(default_factory=dict)
+
+
+def set_seeds(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Encoded:
+    """One split (or candidate set) as tensors; knowledge by index into shared tables."""
+
+    frame: pl.DataFrame  # user_id, item_id, scenario_id, label (+ source)
+    ids: torch.Tensor  # int64 [N, F]
+    labels: torch.Tensor  # float32 [N]
+    uidx: torch.Tensor  # int64 [N], 0 = no user knowledge
+    sidx: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+
+class KnowledgeInputs:
+    """Turns per-row indices into the model's knowledge inputs (zeros [B, 1] without knowledge)."""
+
+    def __init__(self, kt: KnowledgeTables | None):
+        if kt is None:
+            self.users = torch.zeros(1, 1)
+            self.scenarios = torch.zeros(1, 1)
+        else:
+            self.users = torch.from_numpy(kt.user_vectors)
+            self.scenarios = torch.from_numpy(kt.scenario_vectors)
+
+    def batch(self, enc: Encoded, idx: torch.Tensor | slice) -> dict[str, torch.Tensor]:
+        u = enc.uidx[idx]
+        return {
+            "sparse_ids": enc.ids[idx],
+            "user_knowledge": self.users.index_select(0, u),
+            "user_has_knowledge": (u > 0).to(torch.float32),
+            "scenario_knowledge": self.scenarios.index_select(0, enc.sidx[idx]),
+        }
+
+
+def encode(frame: pl.DataFrame, ds: CanonicalDataset, spec: FeatureSpec, kt: KnowledgeTables | None,
+           source: str) -> Encoded:
+    ids = spec.encode_rows(frame, ds.users, ds.items)
+    if kt is not None:
+        uidx, sidx = kt.lookup(frame, source)
+    else:
+        uidx = sidx = np.zeros(frame.height, dtype=np.int64)
+    return Encoded(
+        frame=frame,
+        ids=torch.from_numpy(ids),
+        labels=torch.from_numpy(frame["label"].cast(pl.Float32).to_numpy().copy()),
+        uidx=torch.from_numpy(np.array(uidx, dtype=np.int64)),
+        sidx=torch.from_numpy(np.array(sidx, dtype=np.int64)),
+    )
+
+
+def sample_candidates(ds: CanonicalDataset, cfg: EvalConfig) -> pl.DataFrame:
+    """Sampled negatives for top-K: per (user, scenario) with test positives, N items of the same
+    scenario the user never interacted with positively (all such items if n_negatives is None). Seeded."""
+    inter = ds.interactions
+    rng = np.random.default_rng(cfg.seed)
+    pools = {
+        s: np.array(sorted(part["item_id"].unique().to_list()))
+        for (s,), part in inter.group_by(["scenario_id"], maintain_order=True)
+    }
+    positives = (
+        inter.filter(pl.col("label") == 1)
+        .group_by(["user_id", "scenario_id"])
+        .agg(pl.col("item_id").unique().alias("pos"))
+    )
+    pos_map = {(r["user_id"], r["scenario_id"]): set(r["pos"]) for r in positives.iter_rows(named=True)}
+    groups = (
+        inter.filter((pl.col("split") == "test") & (pl.col("label") == 1))
+        .select("user_id", "scenario_id").unique().sort("user_id", "scenario_id")
+    )
+    users, items, scens = [], [], []
+    for u, s in groups.iter_rows():
+        pool = pools[s]
+        seen = pos_map.get((u, s), set())
+        if cfg.n_negatives is None or cfg.n_negatives >= pool.size:
+            chosen = [i for i in pool if i not in seen]
+        else:
+            chosen = []
+            picked: set[str] = set()
+            for _ in range(10):
+                cand = pool[rng.choice(pool.size, size=min(pool.size, cfg.n_negatives * 2), replace=False)]
+                for i in cand:
+                    if i not in seen and i not in picked:
+                        picked.add(i)
+                        chosen.append(i)
+                        if len(chosen) == cfg.n_negatives:
+                            break
+                if len(chosen) == cfg.n_negatives:
+                    break
+        users += [u] * len(chosen)
+        items += list(chosen)
+        scens += [s] * len(chosen)
+    return pl.DataFrame(
+        {"user_id": users, "item_id": items, "scenario_id": scens, "label": [0] * len(users)},
+        schema={"user_id": pl.String, "item_id": pl.String, "scenario_id": pl.String, "label": pl.Int8},
+    )
+
+
+@torch.no_grad()
+def predict(model: RankerModel, enc: Encoded, kin: KnowledgeInputs, batch_size: int = 8192) -> np.ndarray:
+    model.eval()
+    out = [model(**kin.batch(enc, slice(i, i + batch_size))) for i in range(0, len(enc), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def _scheduler(opt: torch.optim.Optimizer, kind: str, epochs: int, steps: int):
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps))
+    if kind == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, steps * max(1, epochs // 3)), gamma=0.3)
+    return None
+
+
+def _fit(settings: Settings, spec: FeatureSpec, lr: float, train: Encoded, valid: Encoded, kin: KnowledgeInputs,
+         ckpt_dir: Path) -> tuple[RankerModel, list[dict[str, Any]], int, float]:
+    """Train with one learning rate; returns (best model, history, best epoch, best valid AUC)."""
+    cfg = settings.train
+    set_seeds(cfg.seed)
+    model = build_model(spec, cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    steps = max(1, (len(train) + cfg.batch_size - 1) // cfg.batch_size)
+    sched = _scheduler(opt, cfg.lr_schedule, cfg.epochs, steps)
+    loss_fn = nn.BCEWithLogitsLoss()
+    history: list[dict[str, Any]] = []
+    best_state, best_auc, best_epoch, bad = None, -1.0, 0, 0
+    tty = sys.stderr.isatty()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        perm = torch.randperm(len(train), generator=gen)
+        t0 = time.perf_counter()
+        total, n = 0.0, 0
+        bar = tqdm(range(steps), desc=f"epoch {epoch} lr={lr:g}", disable=not tty, leave=False)
+        for step in bar:
+            idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            if idx.numel() < 2:
+                continue
+            logits = model.logit(**kin.batch(train, idx))
+            loss = loss_fn(logits, train.labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            total += float(loss.detach()) * idx.numel()
+            n += idx.numel()
+        seconds = time.perf_counter() - t0
+        scores = predict(model, valid, kin, cfg.eval_batch_size)
+        y = valid.labels.numpy()
+        v_auc = M.auc(y, scores)
+        rec = {"epoch": epoch, "lr": lr, "train_loss": total / max(n, 1), "valid_auc": v_auc,
+               "valid_logloss": M.logloss(y, scores), "seconds": seconds}
+        history.append(rec)
+        log.info("lr=%g epoch %d: loss %.4f valid AUC %.4f (%.1fs)", lr, epoch, rec["train_loss"], v_auc, seconds)
+        for old in ckpt_dir.glob("epoch_*.safetensors"):
+            old.unlink()
+        save_weights(model, ckpt_dir / f"epoch_{epoch:03d}.safetensors")
+        if np.isnan(v_auc):
+            raise DataError("validation split has a single class; cannot early-stop on AUC")
+        if v_auc > best_auc:
+            best_auc, best_epoch, bad = v_auc, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                log.info("early stop after epoch %d (best %d)", epoch, best_epoch)
+                break
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, history, best_epoch, best_auc
+
+
+def train(settings: Settings, data_dir: str | Path, knowledge: str | Path | None, out: str | Path,
+          *, overwrite: bool = False) -> RunResult:
+    """Train, pick the best LR/epoch on validation AUC, evaluate on test, write the run dir atomically."""
+    cfg = settings.train
+    torch.set_num_threads(cfg.threads)
+    t_start = time.perf_counter()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"run directory {out} already exists (use another --out or --overwrite)")
+    ds = load_dataset(data_dir)
+    kt: KnowledgeTables | None = None
+    if cfg.use_llm:
+        if knowledge is None:
+            raise ValueError("train.use_llm is true but no knowledge snapshot was given (--knowledge DIR, or --no-llm)")
+        kt = load_knowledge(knowledge, cfg.knowledge_dim)
+    spec = build_spec(ds, kt.dimension if kt else 0)
+    inter = ds.interactions
+    splits = {s: inter.filter(pl.col("split") == s).select("user_id", "item_id", "scenario_id", "label")
+              for s in ("train", "valid", "test")}
+    for name, frame in splits.items():
+        if frame.height == 0:
+            raise DataError(f"{data_dir}/interactions.parquet: no rows with split == {name!r}")
+    if kt is not None:  # every scenario in the data must have a vector
+        kt.lookup(inter.select("user_id", "scenario_id"), f"{data_dir}/interactions.parquet")
+    enc = {name: encode(frame, ds, spec, kt, f"{data_dir}/{name}") for name, frame in splits.items()}
+    cands = sample_candidates(ds, settings.eval)
+    enc_cand = encode(cands, ds, spec, kt, f"{data_dir}/sampled candidates")
+    kin = KnowledgeInputs(kt)
+
+    lrs = list(cfg.lr_sweep) or [cfg.lr]
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        ckpt = tmp / "checkpoints"
+        ckpt.mkdir()
+        sweep, best = [], None
+        for lr in lrs:
+            model, history, best_epoch, best_auc = _fit(settings, spec, lr, enc["train"], enc["valid"], kin, ckpt)
+            sweep.append({"lr": lr, "best_epoch": best_epoch, "best_valid_auc": best_auc, "history": history})
+            if best is None or best_auc > best[3]:
+                best = (model, history, best_epoch, best_auc, lr)
+        assert best is not None
+        model, history, best_epoch, best_auc, lr = best
+
+        test_scores = predict(model, enc["test"], kin, cfg.eval_batch_size)
+        cand_scores = predict(model, enc_cand, kin, cfg.eval_batch_size)
+        pred = pl.concat([
+            splits["test"].with_columns(score=pl.Series(test_scores, dtype=pl.Float32), source=pl.lit("test")),
+            cands.with_columns(score=pl.Series(cand_scores, dtype=pl.Float32), source=pl.lit("sampled")),
+        ])
+        final = M.evaluate(pred, settings.eval.k)
+
+        resolved = settings.model_copy(deep=True)
+        resolved.train.lr = lr
+        write_text_atomic(tmp / CONFIG_FILE, dump_config(resolved))
+        spec.save(tmp / SPEC_FILE)
+        save_weights(model, tmp / WEIGHTS_FILE)
+        pred.write_parquet(tmp / PREDICTIONS_FILE)
+        fallback = _fallback_rates(enc, inter) if kt is not None else None
+        epoch_seconds = [h["seconds"] for h in history]
+        metrics = {"epochs": history, "best_epoch": best_epoch, "best_valid_auc": best_auc, "lr": lr,
+                   "lr_sweep": sweep if len(lrs) > 1 else [], "fallback": fallback, "final": final}
+        run_info = {
+            "dataset": {"path": str(data_dir), "version": ds.version(),
+                        "source": (ds.manifest or {}).get("source")},
+            "knowledge": None if kt is None else {"snapshot_id": kt.snapshot_id, "family": kt.family,
+                                                  "dimension": kt.dimension, "path": kt.path},
+            "backbone": cfg.backbone, "use_llm": cfg.use_llm,
+            "meta": cfg.meta.model_dump() if cfg.use_llm else None,
+            "seed": cfg.seed, "lr": lr, "best_epoch": best_epoch,
+            "timings": {"epoch_seconds": epoch_seconds,
+                        "mean_epoch_seconds": float(np.mean(epoch_seconds)) if epoch_seconds else None,
+                        "total_seconds": time.perf_counter() - t_start},
+            "parameters": {"total": count_parameters(model), "backbone": count_parameters(model.backbone),
+                           "embedding": count_parameters(model.embedding),
+                           "user_meta": count_parameters(model.user_meta),
+                           "scenario_meta": count_parameters(model.scenario_meta),
+                           "concat": count_parameters(model.concat)},
+            "rows": {name: len(e) for name, e in enc.items()} | {"sampled_candidates": len(enc_cand)},
+            "fallback": fallback,
+            "provenance": provenance("torch", "polars", "numpy"),
+        }
+        run_info["timings"]["total_seconds"] = time.perf_counter() - t_start
+        write_json_atomic(tmp / METRICS_FILE, metrics)
+        write_json_atomic(tmp / RUN_FILE, run_info)
+    log.info("run %s: %s use_llm=%s lr=%g best epoch %d, test AUC %.4f", out, cfg.backbone, cfg.use_llm, lr,
+             best_epoch, final["overall"]["auc"])
+    return RunResult(run_dir=out, lr=lr, best_epoch=best_epoch, best_valid_auc=best_auc, metrics=metrics,
+                     run_info=run_info)
+
+
+def _fallback_rates(enc: dict[str, Encoded], inter: pl.DataFrame) -> dict[str, Any]:
+    """Share of rows (per split) and of users whose knowledge is the learned fallback."""
+    rows = {name: float((e.uidx == 0).to(torch.float32).mean()) if len(e) else 0.0 for name, e in enc.items()}
+    users = pl.concat([e.frame.select("user_id").with_columns(has=pl.Series((e.uidx > 0).numpy()))
+                       for e in enc.values()]).unique("user_id")
+    return {"rows": rows, "users": float(1.0 - users["has"].cast(pl.Float64).mean()), "n_users": users.height}

@@ -1,0 +1,93 @@
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from ranker import metrics as M
+
+
+def test_auc_hand_computed():
+    # pairs (pos, neg): (0.8,0.1) ok, (0.8,0.4) ok, (0.35,0.1) ok, (0.35,0.4) wrong -> 3/4
+    assert M.auc(np.array([1, 0, 1, 0]), np.array([0.8, 0.1, 0.35, 0.4])) == pytest.approx(0.75)
+    # a tie between a positive and a negative counts one half
+    assert M.auc(np.array([1, 0]), np.array([0.5, 0.5])) == pytest.approx(0.5)
+    assert math.isnan(M.auc(np.array([1, 1]), np.array([0.2, 0.3])))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auc_matches_sklearn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 500)
+    s = np.round(rng.random(500) + 0.3 * y, 1)  # rounding creates many ties
+    assert M.auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+def test_logloss_hand_computed():
+    expected = -(math.log(0.9) + math.log(0.8)) / 2
+    assert M.logloss(np.array([1, 0]), np.array([0.9, 0.2])) == pytest.approx(expected)
+    assert np.isfinite(M.logloss(np.array([1]), np.array([0.0])))  # clipped, not inf
+
+
+def test_gauc_weights_users_and_counts_skipped():
+    users = np.array(["a", "a", "a", "a", "b", "b", "c", "c"])
+    labels = np.array([1, 0, 1, 0, 1, 0, 1, 1])
+    scores = np.array([0.8, 0.1, 0.35, 0.4, 0.2, 0.9, 0.5, 0.6])
+    value, used, skipped = M.gauc(users, labels, scores)
+    # a: AUC 0.75 over 4 rows, b: AUC 0 over 2 rows, c skipped (one class)
+    assert value == pytest.approx((0.75 * 4 + 0.0 * 2) / 6)
+    assert (used, skipped) == (2, 1)
+
+
+def test_topk_hand_computed():
+    # one positive at rank 2 (0-based 1) among negatives -> recall 1, ndcg 1/log2(3)
+    r, n = M.topk(np.array([0.7]), np.array([0.9, 0.5, 0.1]), k=2)
+    assert (r, n) == (pytest.approx(1.0), pytest.approx(1 / math.log2(3)))
+    r, n = M.topk(np.array([0.7]), np.array([0.9, 0.8, 0.75]), k=2)
+    assert (r, n) == (0.0, 0.0)
+    # ties are pessimistic: a constant model ranks its positive last
+    r, _ = M.topk(np.array([0.5]), np.full(10, 0.5), k=10)
+    assert r == 0.0
+    # two positives, k=2: ranks 0 and 2 -> recall 1/2, ndcg = 1 / (1 + 1/log2(3))
+    r, n = M.topk(np.array([0.9, 0.5]), np.array([0.6, 0.1]), k=2)
+    assert r == pytest.approx(0.5)
+    assert n == pytest.approx(1.0 / (1 + 1 / math.log2(3)))
+
+
+def _dump() -> pl.DataFrame:
+    rows = [
+        ("u1", "i1", "A", 1, 0.9, "test"), ("u1", "i2", "A", 0, 0.2, "test"),
+        ("u2", "i3", "A", 1, 0.3, "test"), ("u2", "i4", "A", 0, 0.6, "test"),
+        ("u1", "i5", "B", 1, 0.7, "test"), ("u3", "i6", "B", 0, 0.1, "test"),
+        ("u1", "n1", "A", 0, 0.5, "sampled"), ("u2", "n2", "A", 0, 0.95, "sampled"),
+        ("u1", "n3", "B", 0, 0.8, "sampled"),
+    ]
+    return pl.DataFrame(rows, schema=["user_id", "item_id", "scenario_id", "label", "score", "source"], orient="row")
+
+
+def test_evaluate_per_scenario_from_one_dump():
+    res = M.evaluate(_dump(), k=1)
+    a, b = res["per_scenario"]["A"], res["per_scenario"]["B"]
+    assert a["rows"] == 4 and b["rows"] == 2
+    assert a["auc"] == pytest.approx(roc_auc_score([1, 0, 1, 0], [0.9, 0.2, 0.3, 0.6]))
+    assert b["auc"] == pytest.approx(1.0)
+    # top-1: A/u1 positive 0.9 beats sampled 0.5 (hit); A/u2 0.3 < 0.95 (miss); B/u1 0.7 < 0.8 (miss)
+    assert a["recall@1"] == pytest.approx(0.5) and b["recall@1"] == 0.0
+    assert res["overall"]["recall@1"] == pytest.approx(1 / 3)
+    assert res["overall"]["rows"] == 6  # sampled rows never enter AUC/Logloss
+
+
+def test_evaluate_rejects_incomplete_dump():
+    with pytest.raises(ValueError, match="source"):
+        M.evaluate(_dump().drop("source"))
+
+
+def test_aggregate_mean_std():
+    r1 = M.evaluate(_dump(), k=1)
+    d2 = _dump().with_columns(pl.when(pl.col("item_id") == "i4").then(0.1).otherwise(pl.col("score")).alias("score"))
+    r2 = M.evaluate(d2, k=1)
+    agg = M.aggregate([r1, r2])
+    mean, std, n = agg["per_scenario"]["A"]["auc"]
+    vals = [r1["per_scenario"]["A"]["auc"], r2["per_scenario"]["A"]["auc"]]
+    assert n == 2 and mean == pytest.approx(np.mean(vals)) and std == pytest.approx(np.std(vals, ddof=1))

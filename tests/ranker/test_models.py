@@ -1,0 +1,152 @@
+"""Model-level properties: batch independence, ablation switches, knowledge fallback, config errors."""
+
+import pytest
+import torch
+
+from llm4msr.config import TrainConfig
+from ranker.backbones import BACKBONES
+from ranker.features import FeatureSpec, SparseFeature
+from ranker.model import build_model
+from ranker.model_io import example_inputs
+
+K = 12
+
+
+@pytest.fixture(scope="module")
+def spec() -> FeatureSpec:
+    feats = [SparseFeature("user_id", "user", "user_id", 30), SparseFeature("item_id", "item", "item_id", 20),
+             SparseFeature("scenario_id", "context", "scenario_id", 4), SparseFeature("gender", "user", "gender", 3),
+             SparseFeature("item_category", "item", "item_category", 6)]
+    return FeatureSpec(features=feats, scenario_index=2, knowledge_dim=K, vocabs={})
+
+
+def _cfg(backbone: str, use_llm: bool, **meta) -> TrainConfig:
+    return TrainConfig(backbone=backbone, use_llm=use_llm, embedding_dim=8, hidden_dims=[16, 8],
+                       meta={"knowledge_proj_dim": 8, "rank": 2, **meta})
+
+
+def _warm(model, spec):
+    """A few training-mode steps so running statistics and generated weights are not at their init."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for i in range(3):
+        inp = example_inputs(spec, 32, seed=i)
+        loss = model.logit(**inp).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+VARIANTS = [(False, {}), (True, {}), (True, {"mode": "concat"}), (True, {"generated_weights": "full", "merge": "gate"})]
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize(("use_llm", "meta"), VARIANTS, ids=["plain", "llm4msr", "concat", "full-gate"])
+def test_score_does_not_depend_on_batch(spec, backbone, use_llm, meta):
+    torch.manual_seed(0)
+    model = build_model(spec, _cfg(backbone, use_llm, **meta))
+    _warm(model, spec)
+    inp = example_inputs(spec, 16, seed=7)
+    with torch.no_grad():
+        alone = torch.cat([model(**{k: v[i:i + 1] for k, v in inp.items()}) for i in range(16)])
+        perm = torch.randperm(16, generator=torch.Generator().manual_seed(1))
+        other = example_inputs(spec, 16, seed=99)  # unrelated rows in the same batch
+        mixed = {k: torch.cat([v[perm], other[k]]) for k, v in inp.items()}
+        batched = model(**mixed)[:16]
+    assert alone.shape == (16,) and alone.dtype == torch.float32
+    assert ((alone > 0) & (alone < 1)).all()
+    torch.testing.assert_close(batched, alone[perm], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_plain_model_ignores_knowledge(spec, backbone):
+    model = build_model(spec, _cfg(backbone, False)).eval()
+    inp = example_inputs(spec, 8)
+    changed = dict(inp, user_knowledge=torch.randn(8, K), scenario_knowledge=torch.randn(8, K))
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inp), model(**changed))
+
+
+def test_llm_model_uses_knowledge_and_fallback(spec):
+    torch.manual_seed(0)
+    model = build_model(spec, _cfg("star", True))
+    _warm(model, spec)
+    inp = example_inputs(spec, 8)
+    has = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0], dtype=torch.float32)
+    inp["user_has_knowledge"] = has
+    new_user = dict(inp, user_knowledge=torch.randn(8, K) * 3)
+    new_scen = dict(inp, scenario_knowledge=torch.randn(8, K) * 3)
+    with torch.no_grad():
+        base, by_user, by_scen = model(**inp), model(**new_user), model(**new_scen)
+    # rows with knowledge react to the user's vector; rows on the fallback ignore it
+    assert (base[:4] - by_user[:4]).abs().min() > 1e-6
+    torch.testing.assert_close(base[4:], by_user[4:])
+    assert (base - by_scen).abs().min() > 1e-6
+
+
+def _param_names(model) -> set[str]:
+    return {n for n, _ in model.named_parameters()}
+
+
+def test_ablation_switches_change_the_model(spec):
+    torch.manual_seed(0)
+    full = build_model(spec, _cfg("star", True))
+    no_user = build_model(spec, _cfg("star", True, user_level=False))
+    no_scen = build_model(spec, _cfg("star", True, scenario_level=False))
+    concat = build_model(spec, _cfg("star", True, mode="concat"))
+    plain = build_model(spec, _cfg("star", False))
+    names = {k: _param_names(m) for k, m in
+             {"full": full, "no_user": no_user, "no_scen": no_scen, "concat": concat, "plain": plain}.items()}
+    assert any(n.startswith("user_meta.") for n in names["full"])
+    assert any(n.startswith("scenario_meta.") for n in names["full"])
+    assert not any(n.startswith("user_meta.") for n in names["no_user"])
+    assert not any(n.startswith("scenario_meta.") for n in names["no_scen"])
+    assert any(n.startswith("concat.") for n in names["concat"]) and not any("meta" in n for n in names["concat"])
+    assert not any(n.startswith(("user_meta", "scenario_meta", "concat")) for n in names["plain"])
+    assert len({frozenset(v) for v in names.values()}) == 5
+    # outputs differ too (same seed, different architecture)
+    inp = example_inputs(spec, 8)
+    outs = []
+    for m in (full, no_user, no_scen, concat, plain):
+        _warm(m, spec)
+        with torch.no_grad():
+            outs.append(m(**inp))
+    for i in range(len(outs)):
+        for j in range(i + 1, len(outs)):
+            assert not torch.allclose(outs[i], outs[j])
+
+
+def test_lowrank_bounds_generator_size_for_wide_knowledge(spec):
+    wide = FeatureSpec(features=spec.features, scenario_index=2, knowledge_dim=4096, vocabs={})
+    low = build_model(wide, _cfg("shared_bottom", True, generated_weights="lowrank"))
+    full = build_model(wide, _cfg("shared_bottom", True, generated_weights="full"))
+    low_gen = sum(p.numel() for n, p in low.named_parameters() if "gen_" in n)
+    full_gen = sum(p.numel() for n, p in full.named_parameters() if "gen_" in n)
+    assert low_gen < full_gen / 3
+
+
+def test_unknown_backbone_is_a_clear_error(spec):
+    from ranker.backbones import BackboneContext, build_backbone
+
+    with pytest.raises(ValueError, match=r"unknown backbone 'dcn'.*expected one of"):
+        build_backbone("dcn", BackboneContext(n_fields=5, emb_dim=4, n_scenarios=3, hidden_dims=[8]))
+    with pytest.raises(Exception, match="backbone"):
+        TrainConfig(backbone="dcn")
+
+
+def test_llm_without_knowledge_dimension_is_refused(spec):
+    no_k = FeatureSpec(features=spec.features, scenario_index=2, knowledge_dim=0, vocabs={})
+    with pytest.raises(ValueError, match="knowledge"):
+        build_model(no_k, _cfg("star", True))
+
+
+def test_out_of_range_ids_read_as_unknown(spec):
+    model = build_model(spec, _cfg("mmoe", False)).eval()
+    inp = example_inputs(spec, 4)
+    bad = inp["sparse_ids"].clone()
+    bad[:, 0] = 10_000
+    unknown = inp["sparse_ids"].clone()
+    unknown[:, 0] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(model(**dict(inp, sparse_ids=bad)), model(**dict(inp, sparse_ids=unknown)))
