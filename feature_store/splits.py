@@ -24,62 +24,73 @@ log = logging.getLogger(__name__)
 MIN_TRAIN = 1  # a user needs at least this many training rows before anything is held out
 
 
-def _event_position(keys: list[str]) -> tuple[pl.Expr, pl.Expr]:
-    """(events of the group, position of the row's event counted from the last = 0).
+SPLIT_NAMES = np.array(["train", "valid", "test"], dtype=object)
+
+
+def _event_positions(df: pl.DataFrame, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of `df` (sorted by keys, then timestamp): (events in its group, its event's position
+    counted from the group's last event = 0).
 
     An event is one distinct timestamp: rows recorded in the same second (ML-100K) or a positive and
     its sampled negatives (Amazon) are held out or kept together, so a held-out window never shares
-    a timestamp with training data and always contains whole impressions.
+    a timestamp with training data and always contains whole impressions. Pure O(n) numpy on
+    boundaries of the sorted frame (no per-group window functions), for 10-million-row datasets.
     """
-    n_events = pl.col("timestamp").n_unique().over(keys).cast(pl.Int64)
-    from_end = (pl.col("timestamp").rank("dense", descending=True).cast(pl.Int64) - 1).over(keys)
+    flags = df.select(
+        new_group=pl.any_horizontal([pl.col(k) != pl.col(k).shift(1) for k in keys]).fill_null(True),
+        new_ts=(pl.col("timestamp") != pl.col("timestamp").shift(1)).fill_null(True),
+    )
+    new_group = flags["new_group"].to_numpy()
+    new_event = new_group | flags["new_ts"].to_numpy()
+    event = np.cumsum(new_event) - 1  # global event index
+    group = np.cumsum(new_group) - 1
+    group_first_row = np.flatnonzero(new_group)
+    first_event = event[group_first_row]
+    last_event = np.concatenate([first_event[1:] - 1, [event[-1]]]) if len(event) else first_event
+    n_events = (last_event - first_event + 1)[group]
+    from_end = last_event[group] - event
     return n_events, from_end
 
 
-def _leave_last_n(cfg: SplitConfig, keys: list[str]) -> pl.Expr:
-    held = cfg.n_valid + cfg.n_test
-    n_events, from_end = _event_position(keys)
-    return (
-        pl.when(n_events < held + MIN_TRAIN).then(pl.lit("train"))
-        .when(from_end < cfg.n_test).then(pl.lit("test"))
-        .when(from_end < held).then(pl.lit("valid"))
-        .otherwise(pl.lit("train"))
-    )
-
-
-def _ratio(cfg: SplitConfig, keys: list[str]) -> pl.Expr:
-    n_events, from_end = _event_position(keys)
-    n_test = (n_events.cast(pl.Float64) * cfg.test_ratio).floor().cast(pl.Int64)
-    n_valid = (n_events.cast(pl.Float64) * cfg.valid_ratio).floor().cast(pl.Int64)
-    return (
-        pl.when(n_events - n_test - n_valid < MIN_TRAIN).then(pl.lit("train"))
-        .when(from_end < n_test).then(pl.lit("test"))
-        .when(from_end < n_test + n_valid).then(pl.lit("valid"))
-        .otherwise(pl.lit("train"))
-    )
+def _split_codes(n_events: np.ndarray, from_end: np.ndarray, n_valid: np.ndarray | int,
+                 n_test: np.ndarray | int) -> np.ndarray:
+    """0 train, 1 valid, 2 test; groups that would keep fewer than MIN_TRAIN events stay in train."""
+    code = np.where(from_end < n_test, 2, np.where(from_end < n_test + n_valid, 1, 0)).astype(np.int8)
+    code[n_events - n_test - n_valid < MIN_TRAIN] = 0
+    return code
 
 
 def assign_splits(interactions: pl.DataFrame, cfg: SplitConfig, *, seed: int,
                   has_timestamps: bool = True) -> pl.DataFrame:
     """Return the interactions sorted by (user_id, timestamp) with a `split` column added.
 
-    strategy leave_last_n / ratio: temporal per user (per user and scenario if cfg.per_scenario);
-    random, or any strategy when `has_timestamps` is False: each row goes to test / valid with
-    probability test_ratio / valid_ratio, seeded.
+    strategy leave_last_n / ratio: temporal per user (per user and scenario if cfg.per_scenario),
+    counted in events (distinct timestamps; ratio: floor(share x events)); random, or any strategy
+    when `has_timestamps` is False: each row goes to test / valid with probability
+    test_ratio / valid_ratio, seeded.
     """
     strategy = cfg.strategy
     if not has_timestamps and strategy != "random":
         log.warning("the source has no real timestamps: using a seeded random split instead of %s", strategy)
         strategy = "random"
     # A stable row order first, so ties and the random split are deterministic.
-    df = interactions.with_row_index("_row").sort(["user_id", "timestamp", "_row"])
+    keys = ["user_id", "scenario_id"] if cfg.per_scenario else ["user_id"]
+    df = interactions.with_row_index("_row").sort([*keys, "timestamp", "_row"])
     if strategy == "random":
         u = np.random.default_rng([seed, 101]).random(df.height)
-        split = np.where(u < cfg.test_ratio, "test", np.where(u < cfg.test_ratio + cfg.valid_ratio, "valid", "train"))
-        return df.with_columns(split=pl.Series(split, dtype=pl.String)).drop("_row")
-    keys = ["user_id", "scenario_id"] if cfg.per_scenario else ["user_id"]
-    expr = _leave_last_n(cfg, keys) if strategy == "leave_last_n" else _ratio(cfg, keys)
-    df = df.with_columns(split=expr)
+        code = np.where(u < cfg.test_ratio, 2, np.where(u < cfg.test_ratio + cfg.valid_ratio, 1, 0))
+    else:
+        n_events, from_end = _event_positions(df, keys)
+        if strategy == "leave_last_n":
+            code = _split_codes(n_events, from_end, cfg.n_valid, cfg.n_test)
+        else:
+            n_test = np.floor(n_events * cfg.test_ratio).astype(np.int64)
+            n_valid = np.floor(n_events * cfg.valid_ratio).astype(np.int64)
+            code = _split_codes(n_events, from_end, n_valid, n_test)
+    split = pl.Series("split", SPLIT_NAMES, dtype=pl.String).gather(code)
+    df = df.with_columns(split)
+    if cfg.per_scenario:
+        df = df.sort(["user_id", "timestamp", "_row"])
     return df.drop("_row")
 
 

@@ -38,13 +38,13 @@ def fit_vocabs(interactions: pl.DataFrame, users: pl.DataFrame, items: pl.DataFr
     """Fit every vocabulary on rows with split == "train" (and the users/items those rows touch)."""
     train = interactions.filter(pl.col("split") == "train")
     vocabs: dict[str, dict[str, int]] = {}
-    for col in schema.KEY_COLUMNS["interactions"]:
-        vocabs[col] = _index_counts(train.group_by(col).agg(n=pl.len()), col)
+    counts = {col: train.group_by(col).agg(n=pl.len()) for col in schema.KEY_COLUMNS["interactions"]}
+    for col, c in counts.items():
+        vocabs[col] = _index_counts(c, col)
     # An attribute's frequency counts training interactions (as the model sees it), not table rows;
     # aggregate per id first so the big table is never joined with the attributes.
     for table, df, key in (("users", users, "user_id"), ("items", items, "item_id")):
-        per_id = train.group_by(key).agg(n=pl.len())
-        rows = df.join(per_id, on=key, how="inner")
+        rows = df.join(counts[key], on=key, how="inner")
         for col in attribute_columns(df, key):
             if col in vocabs:
                 raise ValueError(f"{table} attribute column {col!r} clashes with another feature of that name")

@@ -90,9 +90,13 @@ class FeatureSpec:
         if data.get("version") != SPEC_VERSION:
             raise ValueError(f"feature spec version {data.get('version')!r}, expected {SPEC_VERSION}")
         feats = [SparseFeature(**f) for f in data["features"]]
-        return cls(features=feats, scenario_index=int(data["scenario_index"]),
-                   knowledge_dim=int(data["knowledge_dim"]), vocabs=data.get("vocabs", {}),
-                   version=int(data["version"]))
+        return cls(
+            features=feats,
+            scenario_index=int(data["scenario_index"]),
+            knowledge_dim=int(data["knowledge_dim"]),
+            vocabs=data.get("vocabs", {}),
+            version=int(data["version"]),
+        )
 
     def save(self, path: str | Path) -> None:
         write_json_atomic(path, self.to_dict())
@@ -107,7 +111,9 @@ class FeatureSpec:
         return cls.from_dict(json.loads(path.read_text()))
 
     # ------------------------------------------------------------------ encoding
-    def feature_frame(self, interactions: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
+    def feature_frame(
+        self, interactions: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame
+    ) -> pl.DataFrame:
         """Join user and item attributes onto (user_id, item_id, scenario_id) rows; one column per feature."""
         for col in ("user_id", "item_id", "scenario_id"):
             if col not in interactions.columns:
@@ -126,10 +132,14 @@ class FeatureSpec:
         cols = []
         for f in self.features:
             if f.column not in frame.columns:
-                raise DataError(f"cannot encode feature {f.name!r}: column {f.column!r} missing (have {frame.columns})")
+                raise DataError(
+                    f"cannot encode feature {f.name!r}: column {f.column!r} missing (have {frame.columns})"
+                )
             vocab = self.vocabs[f.name]
-            mapped = frame[f.column].cast(pl.String).replace_strict(
-                list(vocab.keys()), list(vocab.values()), default=0, return_dtype=pl.Int64
+            mapped = (
+                frame[f.column]
+                .cast(pl.String)
+                .replace_strict(list(vocab.keys()), list(vocab.values()), default=0, return_dtype=pl.Int64)
             )
             cols.append(mapped.fill_null(0).to_numpy())
         if not cols:
@@ -190,9 +200,13 @@ def build_spec(ds: CanonicalDataset, knowledge_dim: int) -> FeatureSpec:
         if not vocab:
             vocab = _fit_vocab(values)
         elif min(vocab.values()) < 1:
-            raise DataError(f"vocabs.json: feature {name!r} uses index {min(vocab.values())}, expected >= 1 (0 = unknown)")
+            raise DataError(
+                f"vocabs.json: feature {name!r} uses index {min(vocab.values())}, expected >= 1 (0 = unknown)"
+            )
         vocabs[name] = {str(k): int(v) for k, v in vocab.items()}
-        feats.append(SparseFeature(name=name, source=source, column=column, vocab_size=max(vocab.values()) + 1))
+        feats.append(
+            SparseFeature(name=name, source=source, column=column, vocab_size=max(vocab.values()) + 1)
+        )
 
     add("user_id", "user", "user_id", train["user_id"])
     add("item_id", "item", "item_id", train["item_id"])

@@ -48,9 +48,13 @@ class KnowledgeTables:
 
     def lookup(self, frame: pl.DataFrame, source: str = "data") -> tuple[np.ndarray, np.ndarray]:
         """(user row index [N] (0 = none), scenario row index [N]) for rows with user_id, scenario_id."""
-        uidx = frame["user_id"].replace_strict(
-            list(self.user_index), list(self.user_index.values()), default=0, return_dtype=pl.Int64
-        ).to_numpy()
+        uidx = (
+            frame["user_id"]
+            .replace_strict(
+                list(self.user_index), list(self.user_index.values()), default=0, return_dtype=pl.Int64
+            )
+            .to_numpy()
+        )
         scen = frame["scenario_id"].unique().to_list()
         missing = sorted(set(scen) - set(self.scenario_index))
         if missing:
@@ -58,9 +62,13 @@ class KnowledgeTables:
                 f"{source}: column 'scenario_id' has scenario(s) {missing} with no vector in knowledge snapshot "
                 f"{self.snapshot_id} ({self.path}); expected one of {sorted(self.scenario_index)}"
             )
-        sidx = frame["scenario_id"].replace_strict(
-            list(self.scenario_index), list(self.scenario_index.values()), return_dtype=pl.Int64
-        ).to_numpy()
+        sidx = (
+            frame["scenario_id"]
+            .replace_strict(
+                list(self.scenario_index), list(self.scenario_index.values()), return_dtype=pl.Int64
+            )
+            .to_numpy()
+        )
         return uidx, sidx
 
 

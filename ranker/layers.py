@@ -104,8 +104,12 @@ class PartitionedNorm(nn.Module):
             with torch.no_grad():
                 seen = (count > 0).unsqueeze(1)
                 m = self.momentum
-                self.running_mean.copy_(torch.where(seen, (1 - m) * self.running_mean + m * mean_s, self.running_mean))
-                self.running_var.copy_(torch.where(seen, (1 - m) * self.running_var + m * var_s, self.running_var))
+                self.running_mean.copy_(
+                    torch.where(seen, (1 - m) * self.running_mean + m * mean_s, self.running_mean)
+                )
+                self.running_var.copy_(
+                    torch.where(seen, (1 - m) * self.running_var + m * var_s, self.running_var)
+                )
             var = var_s.index_select(0, scenario)
         else:
             centred = x - self.running_mean.index_select(0, scenario)

@@ -84,7 +84,9 @@ class UserMetaNetwork(nn.Module):
         self.project = KnowledgeProjector(k, proj_dim)
         self.layers = nn.ModuleList(GeneratedLinear(proj_dim, d, d, mode, rank) for _ in range(n_layers))
 
-    def forward(self, emb: torch.Tensor, user_knowledge: torch.Tensor, has_knowledge: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, emb: torch.Tensor, user_knowledge: torch.Tensor, has_knowledge: torch.Tensor
+    ) -> torch.Tensor:
         p = self.project(self.fallback(user_knowledge, has_knowledge))
         x = emb.flatten(1)
         for layer in self.layers:
@@ -95,8 +97,9 @@ class UserMetaNetwork(nn.Module):
 class ScenarioMetaNetwork(nn.Module):
     """Scenario-level meta network: h_s -> meta layers run beside the backbone -> a logit to merge."""
 
-    def __init__(self, k: int, d: int, hidden: int, proj_dim: int, n_layers: int, mode: str, rank: int,
-                 merge: str):
+    def __init__(
+        self, k: int, d: int, hidden: int, proj_dim: int, n_layers: int, mode: str, rank: int, merge: str
+    ):
         super().__init__()
         self.project = KnowledgeProjector(k, proj_dim)
         dims = [d] + [hidden] * n_layers
@@ -111,7 +114,9 @@ class ScenarioMetaNetwork(nn.Module):
         self.merge = merge
         self.gate = nn.Linear(proj_dim, 1) if merge == "gate" else None
 
-    def forward(self, backbone_logit: torch.Tensor, emb: torch.Tensor, scenario_knowledge: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, backbone_logit: torch.Tensor, emb: torch.Tensor, scenario_knowledge: torch.Tensor
+    ) -> torch.Tensor:
         p = self.project(scenario_knowledge)
         z = emb.flatten(1)
         for base, gen in zip(self.base, self.generated, strict=True):
@@ -133,8 +138,13 @@ class KnowledgeConcat(nn.Module):
         self.scenario = nn.Sequential(nn.LayerNorm(k), nn.Linear(k, emb_dim)) if scenario_level else None
         self.n_fields = int(user_level) + int(scenario_level)
 
-    def forward(self, emb: torch.Tensor, user_knowledge: torch.Tensor, has_knowledge: torch.Tensor,
-                scenario_knowledge: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        emb: torch.Tensor,
+        user_knowledge: torch.Tensor,
+        has_knowledge: torch.Tensor,
+        scenario_knowledge: torch.Tensor,
+    ) -> torch.Tensor:
         extra = []
         if self.user is not None and self.fallback is not None:
             extra.append(self.user(self.fallback(user_knowledge, has_knowledge)))

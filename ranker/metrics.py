@@ -48,8 +48,13 @@ def logloss(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> tuple[float, int, int]:
     """Impression-weighted mean of per-user AUC -> (gAUC, users used, users skipped for having one class)."""
-    frame = pl.DataFrame({"u": np.asarray(users), "y": np.asarray(labels).astype(np.int8),
-                          "s": np.asarray(scores, dtype=np.float64)})
+    frame = pl.DataFrame(
+        {
+            "u": np.asarray(users),
+            "y": np.asarray(labels).astype(np.int8),
+            "s": np.asarray(scores, dtype=np.float64),
+        }
+    )
     total, weight, used, skipped = 0.0, 0, 0, 0
     for _, part in frame.group_by("u", maintain_order=True):
         y = part["y"].to_numpy()
@@ -131,7 +136,9 @@ def evaluate(pred: pl.DataFrame, k: int = 10) -> dict[str, Any]:
 
 def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
     """Mean and sample standard deviation (ddof=1; 0 for one value) ignoring NaN; (nan, nan, 0) if none."""
-    v = np.array([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], dtype=float)
+    v = np.array(
+        [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], dtype=float
+    )
     if v.size == 0:
         return float("nan"), float("nan"), 0
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size)

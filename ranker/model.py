@@ -29,7 +29,9 @@ class RankerModel(nn.Module):
         meta = cfg.meta
         k = spec.knowledge_dim
         if cfg.use_llm and k < 1:
-            raise ValueError("use_llm=True needs knowledge vectors (knowledge dimension is 0); pass a snapshot or --no-llm")
+            raise ValueError(
+                "use_llm=True needs knowledge vectors (knowledge dimension is 0); pass a snapshot or --no-llm"
+            )
         d_emb = cfg.embedding_dim
         self.embedding = FeatureEmbedding([f.vocab_size for f in spec.features], d_emb)
         n_fields = spec.n_features
@@ -39,24 +41,42 @@ class RankerModel(nn.Module):
         d = n_fields * d_emb
         if cfg.use_llm and meta.mode == "meta":
             if meta.user_level:
-                self.user_meta = UserMetaNetwork(k, d, meta.knowledge_proj_dim, meta.n_meta_layers,
-                                                 meta.generated_weights, meta.rank)
+                self.user_meta = UserMetaNetwork(
+                    k, d, meta.knowledge_proj_dim, meta.n_meta_layers, meta.generated_weights, meta.rank
+                )
             if meta.scenario_level:
                 self.scenario_meta = ScenarioMetaNetwork(
-                    k, d, cfg.hidden_dims[-1] if cfg.hidden_dims else 32, meta.knowledge_proj_dim,
-                    meta.n_meta_layers, meta.generated_weights, meta.rank, meta.merge)
+                    k,
+                    d,
+                    cfg.hidden_dims[-1] if cfg.hidden_dims else 32,
+                    meta.knowledge_proj_dim,
+                    meta.n_meta_layers,
+                    meta.generated_weights,
+                    meta.rank,
+                    meta.merge,
+                )
         elif cfg.use_llm and meta.mode == "concat" and (meta.user_level or meta.scenario_level):
             self.concat = KnowledgeConcat(k, d_emb, meta.user_level, meta.scenario_level)
             n_fields += self.concat.n_fields
         ctx = BackboneContext(
-            n_fields=n_fields, emb_dim=d_emb, n_scenarios=spec.n_scenarios, hidden_dims=list(cfg.hidden_dims),
-            dropout=cfg.dropout, scenario_field=spec.scenario_index,
-            user_fields=[spec.index_of("user_id")], item_fields=[spec.index_of("item_id")],
+            n_fields=n_fields,
+            emb_dim=d_emb,
+            n_scenarios=spec.n_scenarios,
+            hidden_dims=list(cfg.hidden_dims),
+            dropout=cfg.dropout,
+            scenario_field=spec.scenario_index,
+            user_fields=[spec.index_of("user_id")],
+            item_fields=[spec.index_of("item_id")],
         )
         self.backbone = build_backbone(cfg.backbone, ctx)
 
-    def logit(self, sparse_ids: torch.Tensor, user_knowledge: torch.Tensor, user_has_knowledge: torch.Tensor,
-              scenario_knowledge: torch.Tensor) -> torch.Tensor:
+    def logit(
+        self,
+        sparse_ids: torch.Tensor,
+        user_knowledge: torch.Tensor,
+        user_has_knowledge: torch.Tensor,
+        scenario_knowledge: torch.Tensor,
+    ) -> torch.Tensor:
         scenario = sparse_ids[:, self.spec_scenario_index].clamp(0, self.n_scenarios - 1)
         emb = self.embedding(sparse_ids)
         if self.user_meta is not None:
@@ -68,8 +88,13 @@ class RankerModel(nn.Module):
             out = self.scenario_meta(out, emb, scenario_knowledge)
         return out
 
-    def forward(self, sparse_ids: torch.Tensor, user_knowledge: torch.Tensor, user_has_knowledge: torch.Tensor,
-                scenario_knowledge: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        sparse_ids: torch.Tensor,
+        user_knowledge: torch.Tensor,
+        user_has_knowledge: torch.Tensor,
+        scenario_knowledge: torch.Tensor,
+    ) -> torch.Tensor:
         return torch.sigmoid(self.logit(sparse_ids, user_knowledge, user_has_knowledge, scenario_knowledge))
 
 

@@ -36,7 +36,9 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     state = load_file(str(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{path}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
 
 
 def load_run(run_dir: str | Path) -> tuple[RankerModel, FeatureSpec]:

@@ -65,8 +65,9 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
         candidates = [p, *p.glob("*"), *p.glob("*/*")]
         for c in candidates:
             if (c / METRICS_FILE).is_file() and (c / RUN_FILE).is_file() and not c.name.startswith("."):
-                found[c.resolve()] = Run(c, json.loads((c / RUN_FILE).read_text()),
-                                         json.loads((c / METRICS_FILE).read_text()))
+                found[c.resolve()] = Run(
+                    c, json.loads((c / RUN_FILE).read_text()), json.loads((c / METRICS_FILE).read_text())
+                )
     return [found[k] for k in sorted(found)]
 
 
@@ -81,11 +82,18 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
         agg = aggregate([r.metrics["final"] for r in rs])
         epoch_s = mean_std(r.info["timings"]["mean_epoch_seconds"] for r in rs)
         fallback = [r.info["fallback"]["users"] for r in rs if r.info.get("fallback")]
-        out.append({
-            "dataset": key[0], "backbone": key[1], "variant": key[2], "seeds": sorted(r.info["seed"] for r in rs),
-            "metrics": agg, "epoch_seconds": epoch_s, "parameters": rs[0].info["parameters"]["total"],
-            "fallback_users": fallback[0] if fallback else None,
-        })
+        out.append(
+            {
+                "dataset": key[0],
+                "backbone": key[1],
+                "variant": key[2],
+                "seeds": sorted(r.info["seed"] for r in rs),
+                "metrics": agg,
+                "epoch_seconds": epoch_s,
+                "parameters": rs[0].info["parameters"]["total"],
+                "fallback_users": fallback[0] if fallback else None,
+            }
+        )
     return out
 
 
@@ -101,33 +109,60 @@ def markdown(summary: list[dict[str, Any]], title: str) -> str:
         return f"# {title}\n\n(no runs)\n"
     k = summary[0]["metrics"]["k"]
     keys = ("auc", "gauc", "logloss", f"recall@{k}", f"ndcg@{k}")
-    lines = [f"# {title}", "", "Mean ± sample std over seeds (one run per seed). Metrics on the test split; "
-             f"Recall@{k}/NDCG@{k} rank each user's held-out positives among sampled negatives of the same "
-             "scenario.", ""]
-    lines += ["| dataset | backbone | variant | scenario | AUC | gAUC | Logloss | "
-              f"Recall@{k} | NDCG@{k} | seeds |", "|" + " --- |" * 10]
+    lines = [
+        f"# {title}",
+        "",
+        "Mean ± sample std over seeds (one run per seed). Metrics on the test split; "
+        f"Recall@{k}/NDCG@{k} rank each user's held-out positives among sampled negatives of the same "
+        "scenario.",
+        "",
+    ]
+    lines += [
+        f"| dataset | backbone | variant | scenario | AUC | gAUC | Logloss | Recall@{k} | NDCG@{k} | seeds |",
+        "|" + " --- |" * 10,
+    ]
     for g in summary:
         m = g["metrics"]
         scen_rows = [(s, m["per_scenario"][s]) for s in m["per_scenario"]] + [("**overall**", m["overall"])]
         for scen, vals in scen_rows:
             cells = " | ".join(_fmt(vals[key]) for key in keys)
-            lines.append(f"| {g['dataset']} | {g['backbone']} | {g['variant']} | {scen} | {cells} | {len(g['seeds'])} |")
-    lines += ["", "## Cost", "", "| dataset | backbone | variant | parameters | s / epoch | "
-              "time ratio vs plain | users on fallback |", "|" + " --- |" * 7]
-    plain_time = {(g["dataset"], g["backbone"]): g["epoch_seconds"][0] for g in summary if g["variant"] == PLAIN}
+            lines.append(
+                f"| {g['dataset']} | {g['backbone']} | {g['variant']} | {scen} | {cells} | {len(g['seeds'])} |"
+            )
+    lines += [
+        "",
+        "## Cost",
+        "",
+        "| dataset | backbone | variant | parameters | s / epoch | time ratio vs plain | users on fallback |",
+        "|" + " --- |" * 7,
+    ]
+    plain_time = {
+        (g["dataset"], g["backbone"]): g["epoch_seconds"][0] for g in summary if g["variant"] == PLAIN
+    }
     for g in summary:
         base = plain_time.get((g["dataset"], g["backbone"]))
         ratio = f"{g['epoch_seconds'][0] / base:.2f}×" if base else "–"
         fb = f"{g['fallback_users']:.1%}" if g["fallback_users"] is not None else "–"
-        lines.append(f"| {g['dataset']} | {g['backbone']} | {g['variant']} | {g['parameters']:,} | "
-                     f"{_fmt(g['epoch_seconds'], 2)} | {ratio} | {fb} |")
+        lines.append(
+            f"| {g['dataset']} | {g['backbone']} | {g['variant']} | {g['parameters']:,} | "
+            f"{_fmt(g['epoch_seconds'], 2)} | {ratio} | {fb} |"
+        )
     deltas = _deltas(summary)
     if deltas:
-        lines += ["", "## +LLM4MSR minus plain (AUC, per scenario)", "",
-                  "Difference of seed means; `spread` = the larger of the two seed stds.", "",
-                  "| dataset | backbone | variant | scenario | ΔAUC | spread |", "|" + " --- |" * 6]
-        lines += [f"| {d['dataset']} | {d['backbone']} | {d['variant']} | {d['scenario']} | {d['delta']:+.4f} | "
-                  f"{d['spread']:.4f} |" for d in deltas]
+        lines += [
+            "",
+            "## +LLM4MSR minus plain (AUC, per scenario)",
+            "",
+            "Difference of seed means; `spread` = the larger of the two seed stds.",
+            "",
+            "| dataset | backbone | variant | scenario | ΔAUC | spread |",
+            "|" + " --- |" * 6,
+        ]
+        lines += [
+            f"| {d['dataset']} | {d['backbone']} | {d['variant']} | {d['scenario']} | {d['delta']:+.4f} | "
+            f"{d['spread']:.4f} |"
+            for d in deltas
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -142,9 +177,16 @@ def _deltas(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
             b = base["metrics"]["overall"] if scen == "overall" else base["metrics"]["per_scenario"].get(scen)
             if not b:
                 continue
-            out.append({"dataset": g["dataset"], "backbone": g["backbone"], "variant": g["variant"],
-                        "scenario": scen, "delta": vals["auc"][0] - b["auc"][0],
-                        "spread": max(vals["auc"][1], b["auc"][1])})
+            out.append(
+                {
+                    "dataset": g["dataset"],
+                    "backbone": g["backbone"],
+                    "variant": g["variant"],
+                    "scenario": scen,
+                    "delta": vals["auc"][0] - b["auc"][0],
+                    "spread": max(vals["auc"][1], b["auc"][1]),
+                }
+            )
     return out
 
 
@@ -170,8 +212,15 @@ def plot(summary: list[dict[str, Any]]) -> bytes:
             stds = np.array([v[1] for v in vals])
             lows.append(np.nanmin(means - stds) if np.isfinite(means).any() else 0.5)
             hatch = "" if g["variant"] == PLAIN else "//"
-            ax.bar(x + i * width - 0.4 + width / 2, means, width, yerr=stds, capsize=2, hatch=hatch,
-                   label=f"{g['backbone']} {g['variant']}")
+            ax.bar(
+                x + i * width - 0.4 + width / 2,
+                means,
+                width,
+                yerr=stds,
+                capsize=2,
+                hatch=hatch,
+                label=f"{g['backbone']} {g['variant']}",
+            )
         ax.set_xticks(x, scens, rotation=20)
         ax.set_ylabel("test AUC (mean ± std over seeds)")
         ax.set_title(ds)
@@ -184,7 +233,9 @@ def plot(summary: list[dict[str, Any]]) -> bytes:
     return buf.getvalue()
 
 
-def write_report(runs: list[Run], out: str | Path, title: str = "LLM4MSR training report") -> tuple[Path, Path]:
+def write_report(
+    runs: list[Run], out: str | Path, title: str = "LLM4MSR training report"
+) -> tuple[Path, Path]:
     out = Path(out)
     summary = summarize(runs)
     md_path, png_path = out / "report.md", out / "auc_per_scenario.png"

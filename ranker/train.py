@@ -100,8 +100,9 @@ class KnowledgeInputs:
         }
 
 
-def encode(frame: pl.DataFrame, ds: CanonicalDataset, spec: FeatureSpec, kt: KnowledgeTables | None,
-           source: str) -> Encoded:
+def encode(
+    frame: pl.DataFrame, ds: CanonicalDataset, spec: FeatureSpec, kt: KnowledgeTables | None, source: str
+) -> Encoded:
     ids = spec.encode_rows(frame, ds.users, ds.items)
     if kt is not None:
         uidx, sidx = kt.lookup(frame, source)
@@ -133,7 +134,9 @@ def sample_candidates(ds: CanonicalDataset, cfg: EvalConfig) -> pl.DataFrame:
     pos_map = {(r["user_id"], r["scenario_id"]): set(r["pos"]) for r in positives.iter_rows(named=True)}
     groups = (
         inter.filter((pl.col("split") == "test") & (pl.col("label") == 1))
-        .select("user_id", "scenario_id").unique().sort("user_id", "scenario_id")
+        .select("user_id", "scenario_id")
+        .unique()
+        .sort("user_id", "scenario_id")
     )
     users, items, scens = [], [], []
     for u, s in groups.iter_rows():
@@ -178,8 +181,15 @@ def _scheduler(opt: torch.optim.Optimizer, kind: str, epochs: int, steps: int):
     return None
 
 
-def _fit(settings: Settings, spec: FeatureSpec, lr: float, train: Encoded, valid: Encoded, kin: KnowledgeInputs,
-         ckpt_dir: Path) -> tuple[RankerModel, list[dict[str, Any]], int, float]:
+def _fit(
+    settings: Settings,
+    spec: FeatureSpec,
+    lr: float,
+    train: Encoded,
+    valid: Encoded,
+    kin: KnowledgeInputs,
+    ckpt_dir: Path,
+) -> tuple[RankerModel, list[dict[str, Any]], int, float]:
     """Train with one learning rate; returns (best model, history, best epoch, best valid AUC)."""
     cfg = settings.train
     set_seeds(cfg.seed)
@@ -199,7 +209,7 @@ def _fit(settings: Settings, spec: FeatureSpec, lr: float, train: Encoded, valid
         total, n = 0.0, 0
         bar = tqdm(range(steps), desc=f"epoch {epoch} lr={lr:g}", disable=not tty, leave=False)
         for step in bar:
-            idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             if idx.numel() < 2:
                 continue
             logits = model.logit(**kin.batch(train, idx))
@@ -215,10 +225,18 @@ def _fit(settings: Settings, spec: FeatureSpec, lr: float, train: Encoded, valid
         scores = predict(model, valid, kin, cfg.eval_batch_size)
         y = valid.labels.numpy()
         v_auc = M.auc(y, scores)
-        rec = {"epoch": epoch, "lr": lr, "train_loss": total / max(n, 1), "valid_auc": v_auc,
-               "valid_logloss": M.logloss(y, scores), "seconds": seconds}
+        rec = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": total / max(n, 1),
+            "valid_auc": v_auc,
+            "valid_logloss": M.logloss(y, scores),
+            "seconds": seconds,
+        }
         history.append(rec)
-        log.info("lr=%g epoch %d: loss %.4f valid AUC %.4f (%.1fs)", lr, epoch, rec["train_loss"], v_auc, seconds)
+        log.info(
+            "lr=%g epoch %d: loss %.4f valid AUC %.4f (%.1fs)", lr, epoch, rec["train_loss"], v_auc, seconds
+        )
         for old in ckpt_dir.glob("epoch_*.safetensors"):
             old.unlink()
         save_weights(model, ckpt_dir / f"epoch_{epoch:03d}.safetensors")
@@ -238,8 +256,14 @@ def _fit(settings: Settings, spec: FeatureSpec, lr: float, train: Encoded, valid
     return model, history, best_epoch, best_auc
 
 
-def train(settings: Settings, data_dir: str | Path, knowledge: str | Path | None, out: str | Path,
-          *, overwrite: bool = False) -> RunResult:
+def train(
+    settings: Settings,
+    data_dir: str | Path,
+    knowledge: str | Path | None,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+) -> RunResult:
     """Train, pick the best LR/epoch on validation AUC, evaluate on test, write the run dir atomically."""
     cfg = settings.train
     torch.set_num_threads(cfg.threads)
@@ -251,12 +275,16 @@ def train(settings: Settings, data_dir: str | Path, knowledge: str | Path | None
     kt: KnowledgeTables | None = None
     if cfg.use_llm:
         if knowledge is None:
-            raise ValueError("train.use_llm is true but no knowledge snapshot was given (--knowledge DIR, or --no-llm)")
+            raise ValueError(
+                "train.use_llm is true but no knowledge snapshot was given (--knowledge DIR, or --no-llm)"
+            )
         kt = load_knowledge(knowledge, cfg.knowledge_dim)
     spec = build_spec(ds, kt.dimension if kt else 0)
     inter = ds.interactions
-    splits = {s: inter.filter(pl.col("split") == s).select("user_id", "item_id", "scenario_id", "label")
-              for s in ("train", "valid", "test")}
+    splits = {
+        s: inter.filter(pl.col("split") == s).select("user_id", "item_id", "scenario_id", "label")
+        for s in ("train", "valid", "test")
+    }
     for name, frame in splits.items():
         if frame.height == 0:
             raise DataError(f"{data_dir}/interactions.parquet: no rows with split == {name!r}")
@@ -273,7 +301,9 @@ def train(settings: Settings, data_dir: str | Path, knowledge: str | Path | None
         ckpt.mkdir()
         sweep, best = [], None
         for lr in lrs:
-            model, history, best_epoch, best_auc = _fit(settings, spec, lr, enc["train"], enc["valid"], kin, ckpt)
+            model, history, best_epoch, best_auc = _fit(
+                settings, spec, lr, enc["train"], enc["valid"], kin, ckpt
+            )
             sweep.append({"lr": lr, "best_epoch": best_epoch, "best_valid_auc": best_auc, "history": history})
             if best is None or best_auc > best[3]:
                 best = (model, history, best_epoch, best_auc, lr)
@@ -282,10 +312,14 @@ def train(settings: Settings, data_dir: str | Path, knowledge: str | Path | None
 
         test_scores = predict(model, enc["test"], kin, cfg.eval_batch_size)
         cand_scores = predict(model, enc_cand, kin, cfg.eval_batch_size)
-        pred = pl.concat([
-            splits["test"].with_columns(score=pl.Series(test_scores, dtype=pl.Float32), source=pl.lit("test")),
-            cands.with_columns(score=pl.Series(cand_scores, dtype=pl.Float32), source=pl.lit("sampled")),
-        ])
+        pred = pl.concat(
+            [
+                splits["test"].with_columns(
+                    score=pl.Series(test_scores, dtype=pl.Float32), source=pl.lit("test")
+                ),
+                cands.with_columns(score=pl.Series(cand_scores, dtype=pl.Float32), source=pl.lit("sampled")),
+            ]
+        )
         final = M.evaluate(pred, settings.eval.k)
 
         resolved = settings.model_copy(deep=True)
@@ -296,24 +330,48 @@ def train(settings: Settings, data_dir: str | Path, knowledge: str | Path | None
         pred.write_parquet(tmp / PREDICTIONS_FILE)
         fallback = _fallback_rates(enc, inter) if kt is not None else None
         epoch_seconds = [h["seconds"] for h in history]
-        metrics = {"epochs": history, "best_epoch": best_epoch, "best_valid_auc": best_auc, "lr": lr,
-                   "lr_sweep": sweep if len(lrs) > 1 else [], "fallback": fallback, "final": final}
+        metrics = {
+            "epochs": history,
+            "best_epoch": best_epoch,
+            "best_valid_auc": best_auc,
+            "lr": lr,
+            "lr_sweep": sweep if len(lrs) > 1 else [],
+            "fallback": fallback,
+            "final": final,
+        }
         run_info = {
-            "dataset": {"path": str(data_dir), "version": ds.version(),
-                        "source": (ds.manifest or {}).get("source")},
-            "knowledge": None if kt is None else {"snapshot_id": kt.snapshot_id, "family": kt.family,
-                                                  "dimension": kt.dimension, "path": kt.path},
-            "backbone": cfg.backbone, "use_llm": cfg.use_llm,
+            "dataset": {
+                "path": str(data_dir),
+                "version": ds.version(),
+                "source": (ds.manifest or {}).get("source"),
+            },
+            "knowledge": None
+            if kt is None
+            else {
+                "snapshot_id": kt.snapshot_id,
+                "family": kt.family,
+                "dimension": kt.dimension,
+                "path": kt.path,
+            },
+            "backbone": cfg.backbone,
+            "use_llm": cfg.use_llm,
             "meta": cfg.meta.model_dump() if cfg.use_llm else None,
-            "seed": cfg.seed, "lr": lr, "best_epoch": best_epoch,
-            "timings": {"epoch_seconds": epoch_seconds,
-                        "mean_epoch_seconds": float(np.mean(epoch_seconds)) if epoch_seconds else None,
-                        "total_seconds": time.perf_counter() - t_start},
-            "parameters": {"total": count_parameters(model), "backbone": count_parameters(model.backbone),
-                           "embedding": count_parameters(model.embedding),
-                           "user_meta": count_parameters(model.user_meta),
-                           "scenario_meta": count_parameters(model.scenario_meta),
-                           "concat": count_parameters(model.concat)},
+            "seed": cfg.seed,
+            "lr": lr,
+            "best_epoch": best_epoch,
+            "timings": {
+                "epoch_seconds": epoch_seconds,
+                "mean_epoch_seconds": float(np.mean(epoch_seconds)) if epoch_seconds else None,
+                "total_seconds": time.perf_counter() - t_start,
+            },
+            "parameters": {
+                "total": count_parameters(model),
+                "backbone": count_parameters(model.backbone),
+                "embedding": count_parameters(model.embedding),
+                "user_meta": count_parameters(model.user_meta),
+                "scenario_meta": count_parameters(model.scenario_meta),
+                "concat": count_parameters(model.concat),
+            },
             "rows": {name: len(e) for name, e in enc.items()} | {"sampled_candidates": len(enc_cand)},
             "fallback": fallback,
             "provenance": provenance("torch", "polars", "numpy"),
@@ -321,15 +379,24 @@ def train(settings: Settings, data_dir: str | Path, knowledge: str | Path | None
         run_info["timings"]["total_seconds"] = time.perf_counter() - t_start
         write_json_atomic(tmp / METRICS_FILE, metrics)
         write_json_atomic(tmp / RUN_FILE, run_info)
-    log.info("run %s: %s use_llm=%s lr=%g best epoch %d, test AUC %.4f", out, cfg.backbone, cfg.use_llm, lr,
-             best_epoch, final["overall"]["auc"])
-    return RunResult(run_dir=out, lr=lr, best_epoch=best_epoch, best_valid_auc=best_auc, metrics=metrics,
-                     run_info=run_info)
+    log.info(
+        "run %s: %s use_llm=%s lr=%g best epoch %d, test AUC %.4f",
+        out,
+        cfg.backbone,
+        cfg.use_llm,
+        lr,
+        best_epoch,
+        final["overall"]["auc"],
+    )
+    return RunResult(
+        run_dir=out, lr=lr, best_epoch=best_epoch, best_valid_auc=best_auc, metrics=metrics, run_info=run_info
+    )
 
 
 def _fallback_rates(enc: dict[str, Encoded], inter: pl.DataFrame) -> dict[str, Any]:
     """Share of rows (per split) and of users whose knowledge is the learned fallback."""
     rows = {name: float((e.uidx == 0).to(torch.float32).mean()) if len(e) else 0.0 for name, e in enc.items()}
-    users = pl.concat([e.frame.select("user_id").with_columns(has=pl.Series((e.uidx > 0).numpy()))
-                       for e in enc.values()]).unique("user_id")
+    users = pl.concat(
+        [e.frame.select("user_id").with_columns(has=pl.Series((e.uidx > 0).numpy())) for e in enc.values()]
+    ).unique("user_id")
     return {"rows": rows, "users": float(1.0 - users["has"].cast(pl.Float64).mean()), "n_users": users.height}

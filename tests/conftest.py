@@ -11,4 +11,4 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="llm4msr-prefect-"))
 
-pytest_plugins: list[str] = ["tests.fixtures.data", "tests.fixtures.redis_server"]
+pytest_plugins: list[str] = ["tests.fixtures.data", "tests.fixtures.redis_server", "tests.fixtures.llm"]

@@ -156,26 +156,26 @@ def _items(cfg: DataConfig) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, np.nd
     scen = scenario_table(n_s)
     flav_i = rng.integers(0, 3, sc.n_items)
     adj_i = rng.integers(0, len(ADJECTIVES), sc.n_items)
-    titles, categories, descriptions, primary = [], [], [], []
-    for j in range(sc.n_items):
-        s, k = item_scen[j], item_cat[j]
-        cat = cats[s][k]
-        flavour = INTERESTS[k % len(INTERESTS)][1][flav_i[j]]
-        title = f"{ADJECTIVES[adj_i[j]]} {flavour} {cat}"
-        titles.append(title)
-        primary.append(cat)
-        categories.append([scen[s][1], cat])
-        descriptions.append(f"{title[0].upper()}{title[1:]}: a {scen[s][1].lower()} product in the {cat} range.")
-    items = pl.DataFrame(
-        {
-            "item_id": _id_strings("i", sc.n_items),
-            "title": titles,
-            "categories": categories,
-            "description": descriptions,
-            "item_category": primary,
-        },
-        schema={"item_id": pl.String, "title": pl.String, "categories": pl.List(pl.String),
-                "description": pl.String, "item_category": pl.String},
+    # Vectorised text: gather the words per item, then concatenate (no per-item Python loop).
+    cat_names = pl.Series([name for row in cats for name in row], dtype=pl.String)
+    flavours = pl.Series([INTERESTS[k % len(INTERESTS)][1][f] for k in range(n_c) for f in range(3)], dtype=pl.String)
+    parts = pl.DataFrame({
+        "adj": pl.Series(ADJECTIVES, dtype=pl.String).gather(adj_i),
+        "flavour": flavours.gather(item_cat * 3 + flav_i),
+        "item_category": cat_names.gather(item_scen * n_c + item_cat),
+        "scenario": pl.Series([r[1] for r in scen], dtype=pl.String).gather(item_scen),
+    })
+    title = pl.concat_str([pl.col("adj"), pl.col("flavour"), pl.col("item_category")], separator=" ")
+    items = parts.select(
+        item_id=pl.Series(_id_strings("i", sc.n_items), dtype=pl.String),
+        title=title,
+        categories=pl.concat_list([pl.col("scenario"), pl.col("item_category")]),
+        description=pl.concat_str([
+            title.str.slice(0, 1).str.to_uppercase(), title.str.slice(1), pl.lit(": a "),
+            pl.col("scenario").str.to_lowercase(), pl.lit(" product in the "), pl.col("item_category"),
+            pl.lit(" range."),
+        ]),
+        item_category=pl.col("item_category"),
     )
     return items, item_scen, item_cat, weight
 
@@ -190,19 +190,25 @@ def _user_counts(cfg: DataConfig, rng: np.random.Generator) -> np.ndarray:
     return floor + rng.multinomial(rest, w / w.sum())
 
 
-def _sample_in_groups(group_of_item: np.ndarray, weight: np.ndarray, n_groups: int, row_group: np.ndarray,
-                      u: np.ndarray) -> np.ndarray:
-    """For each row, an item of its group drawn proportionally to `weight` (one vectorised searchsorted)."""
-    order = np.lexsort((np.arange(len(group_of_item)), group_of_item))
-    g_sorted = group_of_item[order]
-    w_sorted = weight[order]
-    totals = np.bincount(g_sorted, weights=w_sorted, minlength=n_groups)
-    cum = np.cumsum(w_sorted)
-    starts = np.concatenate([[0.0], np.cumsum(totals)[:-1]])
-    within = (cum - starts[g_sorted]) / totals[g_sorted]  # (0, 1] inside each group
-    keys = g_sorted + within
-    pos = np.searchsorted(keys, row_group + u * (1.0 - 1e-12), side="right")
-    return order[np.minimum(pos, len(order) - 1)]
+def _zipf_in_groups(group_of_item: np.ndarray, weight: np.ndarray, n_groups: int, row_group: np.ndarray,
+                    u: np.ndarray, exponent: float) -> np.ndarray:
+    """For each row, an item of its group drawn with Zipf(exponent) popularity over the group's items.
+
+    Items are ranked within their group by `weight`; the rank is drawn by inverting the continuous
+    Zipf CDF in closed form (O(1) per row, no table lookup), which at 10 million rows is several
+    times faster than a searchsorted over the cumulative weights.
+    """
+    order = np.lexsort((-weight, group_of_item))  # by group, heaviest first
+    size = np.bincount(group_of_item, minlength=n_groups)
+    start = np.concatenate([[0], np.cumsum(size)[:-1]])
+    n = size[row_group].astype(np.float64)
+    if abs(exponent - 1.0) < 1e-9:
+        rank = np.exp(u * np.log(n + 1.0))
+    else:
+        e = 1.0 - exponent
+        rank = (1.0 + u * ((n + 1.0) ** e - 1.0)) ** (1.0 / e)
+    r = np.minimum(rank.astype(np.int64) - 1, size[row_group] - 1)
+    return order[start[row_group] + np.maximum(r, 0)]
 
 
 def load(cfg: DataConfig) -> RawData:
@@ -235,14 +241,14 @@ def load(cfg: DataConfig) -> RawData:
 
     # Exposure: popularity-skewed within the scenario; a share targeted at the user's interest.
     u_item = rng.random(n)
-    item = _sample_in_groups(item_scen, item_w, n_s, scen, u_item)
+    item = _zipf_in_groups(item_scen, item_w, n_s, scen, u_item, sc.item_zipf)
     targeted = rng.random(n) < TARGETED_EXPOSURE
     group_of_item = item_scen * n_c + item_cat
     has_items = np.bincount(group_of_item, minlength=n_s * n_c) > 0
     t_group = scen[targeted] * n_c + personas[user[targeted]]
     ok = has_items[t_group]
     t_idx = np.flatnonzero(targeted)[ok]
-    item[t_idx] = _sample_in_groups(group_of_item, item_w, n_s * n_c, t_group[ok], u_item[t_idx])
+    item[t_idx] = _zipf_in_groups(group_of_item, item_w, n_s * n_c, t_group[ok], u_item[t_idx], sc.item_zipf)
 
     # Click labels.
     # The popularity term is standardised over exposures (not items), so it does not shift the CTR.

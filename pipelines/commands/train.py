@@ -25,15 +25,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_config_args(p)
     p.add_argument("--data", metavar="DIR", help="canonical dataset folder (default: data.out)")
-    p.add_argument("--knowledge", metavar="SNAPSHOT_DIR_OR_ROOT",
-                   help="knowledge snapshot folder, or an offline store root whose CURRENT version is used "
-                        "(default: knowledge.snapshot_root)")
-    p.add_argument("--backbone", choices=["shared_bottom", "mmoe", "ple", "star", "pepnet", "m2m"],
-                   help="backbone (default: train.backbone)")
-    p.add_argument("--no-llm", action="store_true", help="train the plain backbone (no knowledge, no meta networks)")
+    p.add_argument(
+        "--knowledge",
+        metavar="SNAPSHOT_DIR_OR_ROOT",
+        help="knowledge snapshot folder, or an offline store root whose CURRENT version is used "
+        "(default: knowledge.snapshot_root)",
+    )
+    p.add_argument(
+        "--backbone",
+        choices=["shared_bottom", "mmoe", "ple", "star", "pepnet", "m2m"],
+        help="backbone (default: train.backbone)",
+    )
+    p.add_argument(
+        "--no-llm", action="store_true", help="train the plain backbone (no knowledge, no meta networks)"
+    )
     p.add_argument("--seed", type=int, help="random seed (default: train.seed)")
-    p.add_argument("--seeds", metavar="N,N,...",
-                   help="train once per seed into RUN_DIR/seed_N (for mean ± std in `llm4msr report`)")
+    p.add_argument(
+        "--seeds",
+        metavar="N,N,...",
+        help="train once per seed into RUN_DIR/seed_N (for mean ± std in `llm4msr report`)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create")
     p.set_defaults(handler=_train)
@@ -60,14 +71,22 @@ def _train(args: argparse.Namespace) -> int:
     settings = load_config(args.config, overrides)
     data = Path(args.data or settings.data.out)
     if not data.is_dir():
-        raise UserError(f"dataset folder {data} does not exist; build it with `llm4msr data build` or pass --data")
+        raise UserError(
+            f"dataset folder {data} does not exist; build it with `llm4msr data build` or pass --data"
+        )
     knowledge = args.knowledge or (settings.knowledge.snapshot_root if settings.train.use_llm else None)
     if settings.train.use_llm and knowledge is not None and not Path(knowledge).exists():
-        raise UserError(f"knowledge snapshot {knowledge} does not exist; build it with `llm4msr knowledge build`, "
-                        "pass --knowledge, or train without it (--no-llm)")
+        raise UserError(
+            f"knowledge snapshot {knowledge} does not exist; build it with `llm4msr knowledge build`, "
+            "pass --knowledge, or train without it (--no-llm)"
+        )
     from ranker.train import train
 
-    seeds = _parse_seeds(args.seeds) if args.seeds else [args.seed if args.seed is not None else settings.train.seed]
+    seeds = (
+        _parse_seeds(args.seeds)
+        if args.seeds
+        else [args.seed if args.seed is not None else settings.train.seed]
+    )
     out = Path(args.out)
     for seed in seeds:
         s = settings.model_copy(deep=True)
@@ -75,7 +94,9 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = out / f"seed_{seed}" if args.seeds else out
         result = train(s, data, knowledge if s.train.use_llm else None, run_dir, overwrite=args.overwrite)
         overall = result.metrics["final"]["overall"]
-        print(f"{run_dir}: {s.train.backbone}{' + LLM4MSR' if s.train.use_llm else ''} seed={seed} "
-              f"lr={result.lr:g} best_epoch={result.best_epoch} test AUC={overall['auc']:.4f} "
-              f"gAUC={overall['gauc']:.4f} Logloss={overall['logloss']:.4f}")
+        print(
+            f"{run_dir}: {s.train.backbone}{' + LLM4MSR' if s.train.use_llm else ''} seed={seed} "
+            f"lr={result.lr:g} best_epoch={result.best_epoch} test AUC={overall['auc']:.4f} "
+            f"gAUC={overall['gauc']:.4f} Logloss={overall['logloss']:.4f}"
+        )
     return 0

@@ -15,7 +15,9 @@ class MMoE(Backbone):
     def __init__(self, ctx: BackboneContext, n_experts: int = N_EXPERTS):
         super().__init__(ctx)
         self.n_experts = n_experts
-        self.experts = torch.nn.ModuleList(MLP(ctx.in_dim, ctx.hidden_dims, ctx.dropout) for _ in range(n_experts))
+        self.experts = torch.nn.ModuleList(
+            MLP(ctx.in_dim, ctx.hidden_dims, ctx.dropout) for _ in range(n_experts)
+        )
         self.gate = torch.nn.Linear(ctx.in_dim, ctx.n_scenarios * n_experts)
         self.tower = ScenarioLinear(ctx.n_scenarios, self.experts[0].out_dim, 1)
 

@@ -18,7 +18,9 @@ class PLE(Backbone):
         super().__init__(ctx)
         s = ctx.n_scenarios
         self.n_shared, self.n_specific = n_shared, n_specific
-        self.shared = torch.nn.ModuleList(MLP(ctx.in_dim, ctx.hidden_dims, ctx.dropout) for _ in range(n_shared))
+        self.shared = torch.nn.ModuleList(
+            MLP(ctx.in_dim, ctx.hidden_dims, ctx.dropout) for _ in range(n_shared)
+        )
         self.specific = torch.nn.ModuleList(
             MLP(ctx.in_dim, ctx.hidden_dims, ctx.dropout) for _ in range(s * n_specific)
         )

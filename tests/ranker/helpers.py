@@ -12,8 +12,16 @@ from feature_store.knowledge_snapshot import KnowledgeRows, knowledge_family, wr
 from feature_store.offline_store import OfflineStore
 
 
-def make_dataset(out: Path, *, n_users: int = 60, n_items: int = 40, n_scenarios: int = 3, per_user: int = 24,
-                 n_categories: int = 4, seed: int = 0) -> tuple[Path, np.ndarray]:
+def make_dataset(
+    out: Path,
+    *,
+    n_users: int = 60,
+    n_items: int = 40,
+    n_scenarios: int = 3,
+    per_user: int = 24,
+    n_categories: int = 4,
+    seed: int = 0,
+) -> tuple[Path, np.ndarray]:
     """Users with a hidden taste over categories shared by all scenarios; returns (dir, tastes)."""
     rng = np.random.default_rng(seed)
     tastes = rng.normal(size=(n_users, n_categories)) * 2.0
@@ -27,30 +35,61 @@ def make_dataset(out: Path, *, n_users: int = 60, n_items: int = 40, n_scenarios
             p = 1 / (1 + np.exp(-(tastes[u, item_cat[i]] + scen_bias[s])))
             split = "train" if t < per_user - 4 else ("valid" if t < per_user - 2 else "test")
             rows.append((f"u{u}", f"i{i}", f"s{s}", int(rng.random() < p), t, split))
-    inter = pl.DataFrame(rows, schema={"user_id": pl.String, "item_id": pl.String, "scenario_id": pl.String,
-                                       "label": pl.Int8, "timestamp": pl.Int64, "split": pl.String}, orient="row")
-    users = pl.DataFrame({
-        "user_id": [f"u{u}" for u in range(n_users)],
-        "train_cutoff": pl.Series([per_user - 5] * n_users, dtype=pl.Int64),
-        "gender": [("F", "M")[u % 2] for u in range(n_users)],
-    })
-    items = pl.DataFrame({
-        "item_id": [f"i{i}" for i in range(n_items)],
-        "title": [f"item {i}" for i in range(n_items)],
-        "categories": [[f"c{item_cat[i]}"] for i in range(n_items)],
-        "description": [None] * n_items,
-    }, schema={"item_id": pl.String, "title": pl.String, "categories": pl.List(pl.String),
-               "description": pl.String})
-    scenarios = pl.DataFrame({"scenario_id": [f"s{s}" for s in range(n_scenarios)],
-                              "name": [f"scenario {s}" for s in range(n_scenarios)],
-                              "description": ["test scenario"] * n_scenarios})
+    inter = pl.DataFrame(
+        rows,
+        schema={
+            "user_id": pl.String,
+            "item_id": pl.String,
+            "scenario_id": pl.String,
+            "label": pl.Int8,
+            "timestamp": pl.Int64,
+            "split": pl.String,
+        },
+        orient="row",
+    )
+    users = pl.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in range(n_users)],
+            "train_cutoff": pl.Series([per_user - 5] * n_users, dtype=pl.Int64),
+            "gender": [("F", "M")[u % 2] for u in range(n_users)],
+        }
+    )
+    items = pl.DataFrame(
+        {
+            "item_id": [f"i{i}" for i in range(n_items)],
+            "title": [f"item {i}" for i in range(n_items)],
+            "categories": [[f"c{item_cat[i]}"] for i in range(n_items)],
+            "description": [None] * n_items,
+        },
+        schema={
+            "item_id": pl.String,
+            "title": pl.String,
+            "categories": pl.List(pl.String),
+            "description": pl.String,
+        },
+    )
+    scenarios = pl.DataFrame(
+        {
+            "scenario_id": [f"s{s}" for s in range(n_scenarios)],
+            "name": [f"scenario {s}" for s in range(n_scenarios)],
+            "description": ["test scenario"] * n_scenarios,
+        }
+    )
     ds = CanonicalDataset(interactions=inter, users=users, items=items, scenarios=scenarios)
     write_dataset(ds, out, source={"dataset": "ranker-test", "seed": seed})
     return out, tastes
 
 
-def make_snapshot(root: Path, data_dir: Path, *, dim: int = 16, seed: int = 0, drop_users: int = 5,
-                  drop_scenarios: int = 0, tastes: np.ndarray | None = None) -> Path:
+def make_snapshot(
+    root: Path,
+    data_dir: Path,
+    *,
+    dim: int = 16,
+    seed: int = 0,
+    drop_users: int = 5,
+    drop_scenarios: int = 0,
+    tastes: np.ndarray | None = None,
+) -> Path:
     """A current snapshot of random (or taste-bearing) vectors in an OfflineStore at `root`; returns root.
 
     The first `drop_users` users get no vector (exercises the fallback).
@@ -66,12 +105,28 @@ def make_snapshot(root: Path, data_dir: Path, *, dim: int = 16, seed: int = 0, d
     vectors = np.concatenate([rng.normal(size=(len(scen), dim)).astype(np.float32), uvec])
     kinds = ["scenario"] * len(scen) + ["user"] * len(users)
     n = len(kinds)
-    rows = KnowledgeRows(kind=kinds, entity_id=scen + users, vectors=vectors, prompt_hash=["h"] * n,
-                         model_id=["random"] * n, template_version=["v1"] * n, generated_at=[0] * n,
-                         answer=[None] * n)
+    rows = KnowledgeRows(
+        kind=kinds,
+        entity_id=scen + users,
+        vectors=vectors,
+        prompt_hash=["h"] * n,
+        model_id=["random"] * n,
+        template_version=["v1"] * n,
+        generated_at=[0] * n,
+        answer=[None] * n,
+    )
     store = OfflineStore(root)
     with store.new_version() as (sid, tmp):
-        write_snapshot_files(tmp, rows, {"snapshot_id": sid, "model_id": "random", "pooling": "MEAN",
-                                         "knowledge_family": knowledge_family("random", "MEAN", dim)}, "float32")
+        write_snapshot_files(
+            tmp,
+            rows,
+            {
+                "snapshot_id": sid,
+                "model_id": "random",
+                "pooling": "MEAN",
+                "knowledge_family": knowledge_family("random", "MEAN", dim),
+            },
+            "float32",
+        )
     store.set_current(sid)
     return root

@@ -57,13 +57,19 @@ def test_topk_hand_computed():
 
 def _dump() -> pl.DataFrame:
     rows = [
-        ("u1", "i1", "A", 1, 0.9, "test"), ("u1", "i2", "A", 0, 0.2, "test"),
-        ("u2", "i3", "A", 1, 0.3, "test"), ("u2", "i4", "A", 0, 0.6, "test"),
-        ("u1", "i5", "B", 1, 0.7, "test"), ("u3", "i6", "B", 0, 0.1, "test"),
-        ("u1", "n1", "A", 0, 0.5, "sampled"), ("u2", "n2", "A", 0, 0.95, "sampled"),
+        ("u1", "i1", "A", 1, 0.9, "test"),
+        ("u1", "i2", "A", 0, 0.2, "test"),
+        ("u2", "i3", "A", 1, 0.3, "test"),
+        ("u2", "i4", "A", 0, 0.6, "test"),
+        ("u1", "i5", "B", 1, 0.7, "test"),
+        ("u3", "i6", "B", 0, 0.1, "test"),
+        ("u1", "n1", "A", 0, 0.5, "sampled"),
+        ("u2", "n2", "A", 0, 0.95, "sampled"),
         ("u1", "n3", "B", 0, 0.8, "sampled"),
     ]
-    return pl.DataFrame(rows, schema=["user_id", "item_id", "scenario_id", "label", "score", "source"], orient="row")
+    return pl.DataFrame(
+        rows, schema=["user_id", "item_id", "scenario_id", "label", "score", "source"], orient="row"
+    )
 
 
 def test_evaluate_per_scenario_from_one_dump():
@@ -85,7 +91,9 @@ def test_evaluate_rejects_incomplete_dump():
 
 def test_aggregate_mean_std():
     r1 = M.evaluate(_dump(), k=1)
-    d2 = _dump().with_columns(pl.when(pl.col("item_id") == "i4").then(0.1).otherwise(pl.col("score")).alias("score"))
+    d2 = _dump().with_columns(
+        pl.when(pl.col("item_id") == "i4").then(0.1).otherwise(pl.col("score")).alias("score")
+    )
     r2 = M.evaluate(d2, k=1)
     agg = M.aggregate([r1, r2])
     mean, std, n = agg["per_scenario"]["A"]["auc"]

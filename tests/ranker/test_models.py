@@ -14,15 +14,24 @@ K = 12
 
 @pytest.fixture(scope="module")
 def spec() -> FeatureSpec:
-    feats = [SparseFeature("user_id", "user", "user_id", 30), SparseFeature("item_id", "item", "item_id", 20),
-             SparseFeature("scenario_id", "context", "scenario_id", 4), SparseFeature("gender", "user", "gender", 3),
-             SparseFeature("item_category", "item", "item_category", 6)]
+    feats = [
+        SparseFeature("user_id", "user", "user_id", 30),
+        SparseFeature("item_id", "item", "item_id", 20),
+        SparseFeature("scenario_id", "context", "scenario_id", 4),
+        SparseFeature("gender", "user", "gender", 3),
+        SparseFeature("item_category", "item", "item_category", 6),
+    ]
     return FeatureSpec(features=feats, scenario_index=2, knowledge_dim=K, vocabs={})
 
 
 def _cfg(backbone: str, use_llm: bool, **meta) -> TrainConfig:
-    return TrainConfig(backbone=backbone, use_llm=use_llm, embedding_dim=8, hidden_dims=[16, 8],
-                       meta={"knowledge_proj_dim": 8, "rank": 2, **meta})
+    return TrainConfig(
+        backbone=backbone,
+        use_llm=use_llm,
+        embedding_dim=8,
+        hidden_dims=[16, 8],
+        meta={"knowledge_proj_dim": 8, "rank": 2, **meta},
+    )
 
 
 def _warm(model, spec):
@@ -38,7 +47,12 @@ def _warm(model, spec):
     model.eval()
 
 
-VARIANTS = [(False, {}), (True, {}), (True, {"mode": "concat"}), (True, {"generated_weights": "full", "merge": "gate"})]
+VARIANTS = [
+    (False, {}),
+    (True, {}),
+    (True, {"mode": "concat"}),
+    (True, {"generated_weights": "full", "merge": "gate"}),
+]
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
@@ -49,7 +63,7 @@ def test_score_does_not_depend_on_batch(spec, backbone, use_llm, meta):
     _warm(model, spec)
     inp = example_inputs(spec, 16, seed=7)
     with torch.no_grad():
-        alone = torch.cat([model(**{k: v[i:i + 1] for k, v in inp.items()}) for i in range(16)])
+        alone = torch.cat([model(**{k: v[i : i + 1] for k, v in inp.items()}) for i in range(16)])
         perm = torch.randperm(16, generator=torch.Generator().manual_seed(1))
         other = example_inputs(spec, 16, seed=99)  # unrelated rows in the same batch
         mixed = {k: torch.cat([v[perm], other[k]]) for k, v in inp.items()}
@@ -96,13 +110,23 @@ def test_ablation_switches_change_the_model(spec):
     no_scen = build_model(spec, _cfg("star", True, scenario_level=False))
     concat = build_model(spec, _cfg("star", True, mode="concat"))
     plain = build_model(spec, _cfg("star", False))
-    names = {k: _param_names(m) for k, m in
-             {"full": full, "no_user": no_user, "no_scen": no_scen, "concat": concat, "plain": plain}.items()}
+    names = {
+        k: _param_names(m)
+        for k, m in {
+            "full": full,
+            "no_user": no_user,
+            "no_scen": no_scen,
+            "concat": concat,
+            "plain": plain,
+        }.items()
+    }
     assert any(n.startswith("user_meta.") for n in names["full"])
     assert any(n.startswith("scenario_meta.") for n in names["full"])
     assert not any(n.startswith("user_meta.") for n in names["no_user"])
     assert not any(n.startswith("scenario_meta.") for n in names["no_scen"])
-    assert any(n.startswith("concat.") for n in names["concat"]) and not any("meta" in n for n in names["concat"])
+    assert any(n.startswith("concat.") for n in names["concat"]) and not any(
+        "meta" in n for n in names["concat"]
+    )
     assert not any(n.startswith(("user_meta", "scenario_meta", "concat")) for n in names["plain"])
     assert len({frozenset(v) for v in names.values()}) == 5
     # outputs differ too (same seed, different architecture)

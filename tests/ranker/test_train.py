@@ -15,8 +15,15 @@ from ranker.train import KnowledgeInputs, encode, train
 from tests.ranker.conftest import fast_settings
 from tests.ranker.helpers import make_snapshot
 
-RUN_FILES = {"config.yaml", "feature_spec.json", "model.safetensors", "run.json", "metrics.json",
-             "predictions.parquet", "checkpoints"}
+RUN_FILES = {
+    "config.yaml",
+    "feature_spec.json",
+    "model.safetensors",
+    "run.json",
+    "metrics.json",
+    "predictions.parquet",
+    "checkpoints",
+}
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +65,15 @@ def test_load_run_reproduces_predictions(star_run, tiny_data, tiny_knowledge):
 
     ds = load_dataset(tiny_data)
     kt = load_knowledge(tiny_knowledge)
-    test = ds.interactions.filter(pl.col("split") == "test").select("user_id", "item_id", "scenario_id", "label")
+    test = ds.interactions.filter(pl.col("split") == "test").select(
+        "user_id", "item_id", "scenario_id", "label"
+    )
     enc = encode(test, ds, spec, kt, "test")
     with torch.no_grad():
         scores = model(**KnowledgeInputs(kt).batch(enc, slice(None))).numpy()
-    saved = pl.read_parquet(out / "predictions.parquet").filter(pl.col("source") == "test")["score"].to_numpy()
+    saved = (
+        pl.read_parquet(out / "predictions.parquet").filter(pl.col("source") == "test")["score"].to_numpy()
+    )
     np.testing.assert_allclose(scores, saved, atol=1e-6)
     assert model(**example_inputs(spec, 3)).shape == (3,)
 
@@ -121,14 +132,25 @@ def test_existing_run_dir_is_not_overwritten(star_run, tiny_data, tiny_knowledge
 
 
 def test_cli_train_seeds_and_report(tmp_path, tiny_data, tiny_knowledge, capsys):
-    fast = [x for o in fast_settings.__defaults__ or () for x in o] if False else []
-    sets = [a for s in ["train.threads=1", "train.epochs=1", "train.hidden_dims=[16]", "train.embedding_dim=4",
-                        "train.meta.knowledge_proj_dim=8", "eval.n_negatives=10"] for a in ("--set", s)]
-    base = ["train", "--data", str(tiny_data), "--backbone", "shared_bottom", "--seeds", "0,1", *sets, *fast]
+    sets = [
+        a
+        for s in [
+            "train.threads=1",
+            "train.epochs=1",
+            "train.hidden_dims=[16]",
+            "train.embedding_dim=4",
+            "train.meta.knowledge_proj_dim=8",
+            "eval.n_negatives=10",
+        ]
+        for a in ("--set", s)
+    ]
+    base = ["train", "--data", str(tiny_data), "--backbone", "shared_bottom", "--seeds", "0,1", *sets]
     assert cli([*base, "--knowledge", str(tiny_knowledge), "--out", str(tmp_path / "llm")]) == 0
     assert cli([*base, "--no-llm", "--out", str(tmp_path / "plain")]) == 0
     assert (tmp_path / "llm" / "seed_1" / "model.safetensors").is_file()
-    assert cli(["report", str(tmp_path / "llm"), str(tmp_path / "plain"), "--out", str(tmp_path / "rep")]) == 0
+    assert (
+        cli(["report", str(tmp_path / "llm"), str(tmp_path / "plain"), "--out", str(tmp_path / "rep")]) == 0
+    )
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| shared_bottom | plain | s0 |" in md and "| shared_bottom | +LLM4MSR | s0 |" in md
     assert "ΔAUC" in md and " ± " in md

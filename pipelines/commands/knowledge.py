@@ -1,0 +1,201 @@
+"""`llm4msr knowledge`: build, inspect and preview LLM knowledge snapshots."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipelines.cli import UserError, add_config_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "knowledge",
+        help="encode scenario/user prompts with an LLM into knowledge snapshots",
+        description=(
+            "Multi-scenario knowledge reasoning (the offline half of LLM4MSR): render a prompt per "
+            "scenario and per user (training history only), encode them with a frozen LLM (vLLM by "
+            "default, pooled last-layer hidden states) and publish an immutable, versioned snapshot. "
+            "See docs/knowledge.md."
+        ),
+    )
+    ksub = p.add_subparsers(dest="knowledge_command", metavar="ACTION")
+
+    b = ksub.add_parser(
+        "build",
+        help="build a snapshot (incremental and resumable) and make it current",
+        description=(
+            "Render every prompt, carry over vectors whose prompt hash, model and template version are "
+            "unchanged since the current snapshot, encode the rest shard by shard (each shard committed "
+            "atomically, so a crashed run resumes where it stopped), then publish the snapshot under "
+            "SNAPSHOT_ROOT/versions/<id> and switch SNAPSHOT_ROOT/CURRENT to it. Prints what was "
+            "encoded and carried. Nothing becomes current unless the whole build succeeded."
+        ),
+    )
+    b.add_argument(
+        "--data", required=True, metavar="DATA_DIR", help="canonical dataset folder (llm4msr data build)"
+    )
+    b.add_argument("--out", metavar="SNAPSHOT_ROOT", help="snapshot root (default: knowledge.snapshot_root)")
+    b.add_argument(
+        "--backend", choices=["vllm", "transformers"], help="LLM backend (default: knowledge.backend)"
+    )
+    b.add_argument(
+        "--model", metavar="PATH_OR_NAME", help="'minilm' (packaged all-MiniLM-L6-v2) or a model folder"
+    )
+    b.add_argument(
+        "--full",
+        action="store_true",
+        help="re-encode everything and allow a new dimension/model (starts a new knowledge family)",
+    )
+    add_config_args(b)
+    b.set_defaults(handler=_build)
+
+    s = ksub.add_parser(
+        "show",
+        help="show one user's (or scenario's) prompt, answer, vector norm and nearest neighbours",
+        description=(
+            "Read a snapshot (a snapshot folder, or a snapshot root whose CURRENT version is used) and "
+            "print the entity's prompt, the generated answer if the snapshot was built in two-pass mode, "
+            "the vector norm and the nearest entities of the same kind by cosine similarity (faiss)."
+        ),
+    )
+    s.add_argument(
+        "--snapshot", required=True, metavar="DIR_OR_ROOT", help="snapshot folder or snapshot root"
+    )
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--user", metavar="ID", help="user id")
+    g.add_argument("--scenario", metavar="ID", help="scenario id")
+    s.add_argument("-k", type=int, default=5, help="number of nearest neighbours (default 5)")
+    s.set_defaults(handler=_show)
+
+    r = ksub.add_parser(
+        "prompts",
+        help="render prompts only (no LLM), to review templates and the length rule",
+        description=(
+            "Render the scenario prompts and/or one user's prompt exactly as `build` would (same "
+            "templates, history cap and token budget measured with the model's tokenizer), without "
+            "loading the LLM."
+        ),
+    )
+    r.add_argument("--data", required=True, metavar="DATA_DIR", help="canonical dataset folder")
+    r.add_argument("--user", metavar="ID", help="user id (default: the scenario prompts)")
+    r.add_argument("--model", metavar="PATH_OR_NAME", help="model whose tokenizer measures the budget")
+    add_config_args(r)
+    r.set_defaults(handler=_prompts)
+    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
+
+
+def _cfg(args: argparse.Namespace):
+    from llm4msr.config import load_config
+
+    cfg = load_config(args.config, args.overrides).knowledge
+    updates = {}
+    if getattr(args, "backend", None):
+        updates["backend"] = args.backend
+    if getattr(args, "model", None):
+        updates["model"] = args.model
+    return cfg.model_copy(update=updates)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from knowledge_service.runner import build_knowledge
+
+    cfg = _cfg(args)
+    report = build_knowledge(args.data, args.out or cfg.snapshot_root, cfg, full=args.full)
+    print(report)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from feature_store.knowledge_snapshot import load_snapshot
+    from feature_store.offline_store import OfflineStore
+    from knowledge_service.runner import PROMPTS_FILE
+
+    folder = Path(args.snapshot)
+    if not folder.exists():
+        raise UserError(f"snapshot {folder} does not exist")
+    if not (folder / "manifest.json").is_file() and (folder / "CURRENT").is_file():
+        folder = OfflineStore(folder).current_path()
+    snap = load_snapshot(folder)
+    kind, eid = ("user", args.user) if args.user is not None else ("scenario", args.scenario)
+    ids, vecs = snap.vectors_of(kind)
+    if eid not in ids:
+        raise UserError(f"{kind} {eid!r} has no vector in snapshot {folder} ({len(ids)} {kind}s have one)")
+    i = ids.index(eid)
+    rows = snap.rows
+    j = next(n for n in range(len(rows)) if rows.kind[n] == kind and rows.entity_id[n] == eid)
+    prompt = None
+    if (folder / PROMPTS_FILE).is_file():
+        t = pq.read_table(folder / PROMPTS_FILE).to_pylist()
+        prompt = next((r for r in t if r["kind"] == kind and r["entity_id"] == eid), None)
+    m = snap.manifest
+    print(
+        f"snapshot {m['snapshot_id']} ({folder}); model {m['model_id']}, pooling {m['pooling']}, "
+        f"dimension {m['dimension']} {m['dtype']}, family {m['knowledge_family']}"
+    )
+    print(f"{kind} {eid}: template {rows.template_version[j]}, prompt hash {rows.prompt_hash[j][:16]}…")
+    if prompt:
+        print(
+            f"--- prompt ({prompt['n_tokens']} tokens, {prompt['n_history']} history entries, "
+            f"{prompt['n_dropped']} dropped by the budget)\n{prompt['prompt']}\n---"
+        )
+    if rows.answer[j]:
+        print(f"answer: {rows.answer[j]}")
+    v = vecs[i]
+    print(f"vector norm {float(np.linalg.norm(v)):.4f}")
+    if len(ids) > 1:
+        import faiss
+
+        x = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(np.ascontiguousarray(x, dtype=np.float32))
+        k = min(args.k + 1, len(ids))
+        sims, nn = index.search(x[i : i + 1], k)
+        print(f"nearest {kind}s by cosine:")
+        for sim, n in zip(sims[0], nn[0], strict=True):
+            if n != i and n >= 0:
+                print(f"  {ids[n]:<24} {sim:.4f}")
+    return 0
+
+
+def _prompts(args: argparse.Namespace) -> int:
+    from feature_store.dataset import load_dataset
+    from knowledge_service.models import load_tokenizer, model_info
+    from knowledge_service.prompts import load_template, scenario_prompts, user_prompts
+
+    cfg = _cfg(args)
+    info = model_info(cfg.model)
+    tok = load_tokenizer(info.path)
+    budget = min(cfg.max_prompt_tokens, info.max_len)
+    ds = load_dataset(args.data)
+    if args.user is None:
+        for p in scenario_prompts(ds, load_template(cfg.scenario_template, cfg.template_dir), tok, budget):
+            print(
+                f"=== scenario {p.entity_id} ({p.n_tokens} tokens, sha256 {p.prompt_hash[:16]}…)\n{p.text}\n"
+            )
+        return 0
+    if args.user not in set(ds.users["user_id"].to_list()):
+        raise UserError(f"user {args.user!r} is not in {args.data}/users.parquet")
+    users, no_hist = user_prompts(
+        ds,
+        load_template(cfg.user_template, cfg.template_dir),
+        tok,
+        budget,
+        cfg.max_history_per_scenario,
+        user_ids={args.user},
+    )
+    if no_hist:
+        print(
+            f"user {args.user} has no training history: no prompt, no vector (the ranker uses its fallback)"
+        )
+        return 0
+    p = users[0]
+    print(
+        f"=== user {p.entity_id} ({p.n_tokens}/{budget} tokens, {p.n_history} history entries, "
+        f"{p.n_dropped} dropped by the budget, sha256 {p.prompt_hash[:16]}…)\n{p.text}"
+    )
+    return 0

@@ -1,0 +1,124 @@
+"""Hand-built canonical datasets for knowledge tests (exact schema of feature_store.schema)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from feature_store.dataset import CanonicalDataset, load_dataset, write_dataset
+
+SCENARIOS = [
+    ("s1", "Movies", "Feature films."),
+    ("s2", "Books", "Printed and e-books."),
+    ("s3", "Music", "Albums."),
+]
+
+
+def tiny_dataset(
+    n_users: int = 6, per_scenario: int = 5, scenario_description: str | None = None
+) -> CanonicalDataset:
+    """Users u0..u{n-1}; each has `per_scenario` train rows per scenario (timestamps 1..) and one valid
+    and one test row with LEAK titles after their cutoff. The last user has only valid/test rows."""
+    items, inter, users = [], [], []
+    for sid, _, _ in SCENARIOS:
+        for k in range(per_scenario * 2):
+            items.append(
+                {
+                    "item_id": f"{sid}-i{k}",
+                    "title": f"{sid} title {k}",
+                    "categories": [f"{sid}-cat{k % 3}"],
+                    "description": None,
+                }
+            )
+        items.append(
+            {
+                "item_id": f"{sid}-leak",
+                "title": f"LEAK {sid} future",
+                "categories": ["LEAKCAT"],
+                "description": None,
+            }
+        )
+    for u in range(n_users):
+        uid = f"u{u}"
+        ts = 0
+        has_train = u < n_users - 1
+        if has_train:
+            for sid, _, _ in SCENARIOS:
+                for k in range(per_scenario):
+                    ts += 1
+                    inter.append(
+                        (uid, f"{sid}-i{(k + u) % (per_scenario * 2)}", sid, (k + u) % 2, ts, "train")
+                    )
+        cutoff = ts if has_train else None
+        inter.append((uid, "s1-leak", "s1", 1, ts + 1, "valid"))
+        inter.append((uid, "s2-leak", "s2", 1, ts + 2, "test"))
+        users.append({"user_id": uid, "train_cutoff": cutoff, "age_group": "25-34" if u % 2 else "18-24"})
+    interactions = pl.DataFrame(
+        inter,
+        schema={
+            "user_id": pl.String,
+            "item_id": pl.String,
+            "scenario_id": pl.String,
+            "label": pl.Int8,
+            "timestamp": pl.Int64,
+            "split": pl.String,
+        },
+        orient="row",
+    )
+    scen = [(s, n, scenario_description or d) for s, n, d in SCENARIOS]
+    return CanonicalDataset(
+        interactions=interactions,
+        users=pl.DataFrame(
+            users, schema={"user_id": pl.String, "train_cutoff": pl.Int64, "age_group": pl.String}
+        ),
+        items=pl.DataFrame(
+            items,
+            schema={
+                "item_id": pl.String,
+                "title": pl.String,
+                "categories": pl.List(pl.String),
+                "description": pl.String,
+            },
+        ),
+        scenarios=pl.DataFrame(
+            scen, schema={"scenario_id": pl.String, "name": pl.String, "description": pl.String}, orient="row"
+        ),
+    )
+
+
+def write_tiny(path: Path, **kwargs) -> Path:
+    return write_dataset(tiny_dataset(**kwargs), path, source={"dataset": "tiny-test"})
+
+
+def churn(src: Path, out: Path, fraction: float = 0.01, seed: int = 0) -> tuple[Path, list[str]]:
+    """Copy a dataset, flipping the label of the newest training row of `fraction` of the users."""
+    import random
+
+    ds = load_dataset(src)
+    with_hist = sorted(ds.interactions.filter(pl.col("split") == "train")["user_id"].unique().to_list())
+    n = max(1, round(len(with_hist) * fraction))
+    changed = sorted(random.Random(seed).sample(with_hist, n))
+    inter = ds.interactions.with_row_index("_r")
+    newest = (
+        inter.filter((pl.col("split") == "train") & pl.col("user_id").is_in(changed))
+        .sort(["user_id", "timestamp", "item_id"])
+        .group_by("user_id", maintain_order=True)
+        .last()["_r"]
+    )
+    inter = inter.with_columns(
+        label=pl.when(pl.col("_r").is_in(newest.implode()))
+        .then(1 - pl.col("label"))
+        .otherwise(pl.col("label"))
+        .cast(pl.Int8)
+    ).drop("_r")
+    out_ds = CanonicalDataset(
+        interactions=inter, users=ds.users, items=ds.items, scenarios=ds.scenarios, vocabs=ds.vocabs
+    )
+    return write_dataset(out_ds, out, source={"dataset": "churned"}), changed
+
+
+@pytest.fixture
+def tiny_dataset_dir(tmp_path: Path) -> Path:
+    return write_tiny(tmp_path / "tiny")
