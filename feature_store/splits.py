@@ -52,16 +52,18 @@ def _event_positions(df: pl.DataFrame, keys: list[str]) -> tuple[np.ndarray, np.
     return n_events, from_end
 
 
-def _split_codes(n_events: np.ndarray, from_end: np.ndarray, n_valid: np.ndarray | int,
-                 n_test: np.ndarray | int) -> np.ndarray:
+def _split_codes(
+    n_events: np.ndarray, from_end: np.ndarray, n_valid: np.ndarray | int, n_test: np.ndarray | int
+) -> np.ndarray:
     """0 train, 1 valid, 2 test; groups that would keep fewer than MIN_TRAIN events stay in train."""
     code = np.where(from_end < n_test, 2, np.where(from_end < n_test + n_valid, 1, 0)).astype(np.int8)
     code[n_events - n_test - n_valid < MIN_TRAIN] = 0
     return code
 
 
-def assign_splits(interactions: pl.DataFrame, cfg: SplitConfig, *, seed: int,
-                  has_timestamps: bool = True) -> pl.DataFrame:
+def assign_splits(
+    interactions: pl.DataFrame, cfg: SplitConfig, *, seed: int, has_timestamps: bool = True
+) -> pl.DataFrame:
     """Return the interactions sorted by (user_id, timestamp) with a `split` column added.
 
     strategy leave_last_n / ratio: temporal per user (per user and scenario if cfg.per_scenario),

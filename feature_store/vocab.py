@@ -34,7 +34,9 @@ def attribute_columns(df: pl.DataFrame, key: str) -> list[str]:
     return [c for c, t in df.schema.items() if c != key and c not in NON_FEATURE_COLUMNS and t == pl.String]
 
 
-def fit_vocabs(interactions: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame) -> dict[str, dict[str, int]]:
+def fit_vocabs(
+    interactions: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame
+) -> dict[str, dict[str, int]]:
     """Fit every vocabulary on rows with split == "train" (and the users/items those rows touch)."""
     train = interactions.filter(pl.col("split") == "train")
     vocabs: dict[str, dict[str, int]] = {}
@@ -47,13 +49,16 @@ def fit_vocabs(interactions: pl.DataFrame, users: pl.DataFrame, items: pl.DataFr
         rows = df.join(counts[key], on=key, how="inner")
         for col in attribute_columns(df, key):
             if col in vocabs:
-                raise ValueError(f"{table} attribute column {col!r} clashes with another feature of that name")
+                raise ValueError(
+                    f"{table} attribute column {col!r} clashes with another feature of that name"
+                )
             vocabs[col] = _index_counts(rows.group_by(col).agg(n=pl.col("n").sum()), col)
     return vocabs
 
 
-def feature_tables(vocabs: dict[str, dict[str, int]], users: pl.DataFrame,
-                   items: pl.DataFrame) -> dict[str, str]:
+def feature_tables(
+    vocabs: dict[str, dict[str, int]], users: pl.DataFrame, items: pl.DataFrame
+) -> dict[str, str]:
     """Which table carries each vocabulary feature: "context" (scenario), "user" or "item"."""
     out = {}
     for name in vocabs:

@@ -115,7 +115,7 @@ class StoreConfig(Section):
     namespace: str = "llm4msr"
     password_env: str = "LLM4MSR_REDIS_PASSWORD"  # read from the environment, never from files
     value_dtype: Literal["float16", "float32"] = "float16"
-    write_chunk: int = Field(2000, ge=1)
+    write_chunk: int = Field(2000, ge=1)  # entities per write transaction (and resume granularity)
     timeout_ms: int = Field(200, ge=1)  # read path: socket connect/read timeout
     write_timeout_ms: int = Field(10_000, ge=1)  # bulk writes (materialization, pointer switch)
     pointer_cache_ms: int = Field(1000, ge=0)  # readers re-read the current-version pointer at most this often
@@ -125,6 +125,9 @@ class StoreConfig(Section):
     old_version_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)  # grace period kept for rollback
     keep_versions: int = Field(3, ge=1)  # offline snapshots retained
     verify_sample: int = Field(256, ge=0)
+    # Redis: a version's entities of one kind are split over ceil(n / this) hashes (one HMGET per bucket
+    # touched per read; O(buckets) commands to expire or keep a version).
+    redis_bucket_fields: int = Field(65_536, ge=1)
 
 
 # --------------------------------------------------------------------------- ranker

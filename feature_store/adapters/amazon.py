@@ -38,7 +38,11 @@ log = logging.getLogger(__name__)
 
 SEQ_FILES = ("train_A", "train_B", "train_overlap", "valid", "test")
 SEQ_DOMAINS = (
-    ("grocery", "Grocery", "Amazon Grocery and Gourmet Food: pantry staples, snacks, drinks and cooking ingredients."),
+    (
+        "grocery",
+        "Grocery",
+        "Amazon Grocery and Gourmet Food: pantry staples, snacks, drinks and cooking ingredients.",
+    ),
     ("kitchen", "Kitchen", "Amazon Home and Kitchen: cookware, appliances, kitchen tools and home goods."),
 )
 
@@ -69,8 +73,11 @@ def add_negatives(pos: pl.DataFrame, domain_items: dict[str, np.ndarray], k: int
         for sid, pool in domain_items.items():
             c = clash.filter(pl.col("scenario_id") == sid)
             if c.height:
-                redraw.append(c.with_columns(item_id=pl.Series(pool[rng.integers(0, len(pool), c.height)],
-                                                               dtype=pl.String)))
+                redraw.append(
+                    c.with_columns(
+                        item_id=pl.Series(pool[rng.integers(0, len(pool), c.height)], dtype=pl.String)
+                    )
+                )
         clash = pl.concat(redraw)
         neg = pl.concat([neg, clash.join(owned, on=["user_id", "item_id"], how="anti")])
         clash = clash.join(owned, on=["user_id", "item_id"], how="semi")
@@ -95,7 +102,9 @@ def _load_sequences(folder: Path, cfg: DataConfig) -> RawData:
     num_path = folder / "num.txt"
     nums = [line.strip() for line in num_path.read_text().splitlines() if line.strip()]
     if len(nums) != 2 or not all(n.isdigit() for n in nums):
-        raise DataError(f"{num_path}: expected two item counts (domain A, domain B), one per line; got {nums}")
+        raise DataError(
+            f"{num_path}: expected two item counts (domain A, domain B), one per line; got {nums}"
+        )
     n_a, n_b = int(nums[0]), int(nums[1])
     asins: list[np.ndarray] = []
     titles: dict[str, str] = {}
@@ -105,12 +114,16 @@ def _load_sequences(folder: Path, cfg: DataConfig) -> RawData:
         seen = np.zeros(n, dtype=bool)
         for asin, idx in item_set.items():
             if not isinstance(idx, int) or not 0 <= idx < n:
-                raise DataError(f"{folder / f'item_set_{tag}.json'}: product {asin!r} has index {idx!r}, "
-                                f"expected an integer in 0..{n - 1} (num.txt)")
+                raise DataError(
+                    f"{folder / f'item_set_{tag}.json'}: product {asin!r} has index {idx!r}, "
+                    f"expected an integer in 0..{n - 1} (num.txt)"
+                )
             local[idx], seen[idx] = asin, True
         if not seen.all():
-            raise DataError(f"{folder / f'item_set_{tag}.json'}: index {int(np.argmin(seen))} has no product "
-                            f"(expected {n} products, num.txt)")
+            raise DataError(
+                f"{folder / f'item_set_{tag}.json'}: index {int(np.argmin(seen))} has no product "
+                f"(expected {n} products, num.txt)"
+            )
         asins.append(local)
         titles.update(_read_json_map(folder / f"text_{tag}.json"))
     global_asin = np.concatenate(asins)
@@ -119,7 +132,9 @@ def _load_sequences(folder: Path, cfg: DataConfig) -> RawData:
     for stem in SEQ_FILES:
         path = folder / f"{stem}.txt"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist (Amazon sequence layout needs {', '.join(SEQ_FILES)})")
+            raise FileNotFoundError(
+                f"{path} does not exist (Amazon sequence layout needs {', '.join(SEQ_FILES)})"
+            )
         df = read_delimited(path, "\t", ["user", "items"]).with_row_index("line", offset=1)
         check_no_nulls(df, path, ["user", "items"])
         df = df.with_columns(item=pl.col("items").str.split(",")).drop("items").explode("item")
@@ -128,15 +143,19 @@ def _load_sequences(folder: Path, cfg: DataConfig) -> RawData:
         bad = ids.is_null() | (ids < 0) | (ids >= n_a + n_b)
         if bad.any():
             i = int(bad.arg_max())
-            raise DataError(f"{path}: line {df['line'][i]}: item id {df['item'][i]!r} is not an integer in "
-                            f"0..{n_a + n_b - 1} (num.txt: {n_a} + {n_b} items)")
+            raise DataError(
+                f"{path}: line {df['line'][i]}: item id {df['item'][i]!r} is not an integer in "
+                f"0..{n_a + n_b - 1} (num.txt: {n_a} + {n_b} items)"
+            )
         df = df.with_columns(gid=ids, user_id=pl.lit(f"{stem}_") + pl.col("user").str.strip_chars())
         df = df.with_columns(timestamp=pl.int_range(pl.len(), dtype=pl.Int64).over("user_id"))
         seqs.append(df.select("user_id", "gid", "timestamp"))
     pos = pl.concat(seqs)
     dup = pos.group_by("user_id", "timestamp").len().filter(pl.col("len") > 1)
     if dup.height:
-        raise DataError(f"{folder}: user {dup['user_id'][0]!r} appears on more than one line of its sequence file")
+        raise DataError(
+            f"{folder}: user {dup['user_id'][0]!r} appears on more than one line of its sequence file"
+        )
     gid = pos["gid"].to_numpy()
     pos = pos.with_columns(
         item_id=pl.Series(global_asin[gid], dtype=pl.String),
@@ -148,23 +167,47 @@ def _load_sequences(folder: Path, cfg: DataConfig) -> RawData:
     domain_of = np.where(np.arange(n_a + n_b) < n_a, SEQ_DOMAINS[0][1], SEQ_DOMAINS[1][1])
     missing = [a for a in global_asin if a not in titles]
     if missing:
-        log.warning("amazon: %d products have no title in text_*.json; their id is used as the title", len(missing))
+        log.warning(
+            "amazon: %d products have no title in text_*.json; their id is used as the title", len(missing)
+        )
     item_titles = [str(titles.get(a) or a) for a in global_asin]
-    items = pl.DataFrame({
-        "item_id": global_asin.astype(str),
-        "title": item_titles,
-        "categories": [[d] for d in domain_of],
-        "description": [f"{d} product: {t}" for d, t in zip(domain_of, item_titles, strict=True)],
-    }, schema={"item_id": pl.String, "title": pl.String, "categories": pl.List(pl.String),
-               "description": pl.String})
+    items = pl.DataFrame(
+        {
+            "item_id": global_asin.astype(str),
+            "title": item_titles,
+            "categories": [[d] for d in domain_of],
+            "description": [f"{d} product: {t}" for d, t in zip(domain_of, item_titles, strict=True)],
+        },
+        schema={
+            "item_id": pl.String,
+            "title": pl.String,
+            "categories": pl.List(pl.String),
+            "description": pl.String,
+        },
+    )
     users = inter.select(pl.col("user_id").unique(maintain_order=True)).with_columns(
-        user_group=pl.col("user_id").str.replace(r"_\d+$", ""))
-    scenarios = pl.DataFrame({"scenario_id": [d[0] for d in SEQ_DOMAINS], "name": [d[1] for d in SEQ_DOMAINS],
-                              "description": [d[2] for d in SEQ_DOMAINS]})
-    return RawData(interactions=inter, users=users.drop("user_group"), items=items, scenarios=scenarios,
-                   has_timestamps=True,
-                   params={"dataset": "amazon", "layout": "sequences", "items_per_domain": [n_a, n_b],
-                           **cfg.amazon.model_dump()})
+        user_group=pl.col("user_id").str.replace(r"_\d+$", "")
+    )
+    scenarios = pl.DataFrame(
+        {
+            "scenario_id": [d[0] for d in SEQ_DOMAINS],
+            "name": [d[1] for d in SEQ_DOMAINS],
+            "description": [d[2] for d in SEQ_DOMAINS],
+        }
+    )
+    return RawData(
+        interactions=inter,
+        users=users.drop("user_group"),
+        items=items,
+        scenarios=scenarios,
+        has_timestamps=True,
+        params={
+            "dataset": "amazon",
+            "layout": "sequences",
+            "items_per_domain": [n_a, n_b],
+            **cfg.amazon.model_dump(),
+        },
+    )
 
 
 # --------------------------------------------------------------------------- reviews JSON-lines layout
@@ -231,22 +274,27 @@ def _load_reviews(folder: Path, cfg: DataConfig) -> RawData:
         else:
             review_files[_domain_name(stem)] = p
     if not review_files:
-        raise DataError(f"{folder}: no Amazon files found: expected the sequence layout (num.txt, train_*.txt, ...) "
-                        "or reviews JSON lines (<Domain>.jsonl with meta_<Domain>.jsonl)")
+        raise DataError(
+            f"{folder}: no Amazon files found: expected the sequence layout (num.txt, train_*.txt, ...) "
+            "or reviews JSON lines (<Domain>.jsonl with meta_<Domain>.jsonl)"
+        )
     parts, metas, scen_rows = [], [], []
     for (sid, name), path in review_files.items():
         df = _read_json_lines(path)
         ucol = first_present(df, path, ["reviewerID", "user_id"])
         icol = first_present(df, path, ["asin", "parent_asin"])
         tcol = first_present(df, path, ["unixReviewTime", "timestamp"])
-        df = df.select(user_id=pl.col(ucol).cast(pl.String), item_id=pl.col(icol).cast(pl.String),
-                       timestamp=pl.col(tcol))
+        df = df.select(
+            user_id=pl.col(ucol).cast(pl.String), item_id=pl.col(icol).cast(pl.String), timestamp=pl.col(tcol)
+        )
         check_no_nulls(df, path, ["user_id", "item_id"])
         ts = df["timestamp"].cast(pl.Int64, strict=False)
         if ts.is_null().any():
             i = int(ts.is_null().arg_max())
-            raise DataError(f"{path}: column {tcol!r} has value {df['timestamp'][i]!r} at line {i + 1}, "
-                            "expected unix time (integer)")
+            raise DataError(
+                f"{path}: column {tcol!r} has value {df['timestamp'][i]!r} at line {i + 1}, "
+                "expected unix time (integer)"
+            )
         if ts.max() > 10**11:  # the 2023 dumps use milliseconds
             ts = ts // 1000
         parts.append(df.with_columns(timestamp=ts, scenario_id=pl.lit(sid)))
@@ -257,48 +305,91 @@ def _load_reviews(folder: Path, cfg: DataConfig) -> RawData:
             ccol = next((c for c in ("categories", "category", "main_category") if c in m.columns), None)
             cats = [_flatten_categories(v) for v in (m[ccol].to_list() if ccol else [None] * m.height)]
             desc = m["description"].to_list() if "description" in m.columns else [None] * m.height
-            metas.append(pl.DataFrame({
-                "item_id": m[mid].cast(pl.String),
-                "title": m["title"].cast(pl.String) if "title" in m.columns else pl.Series([None] * m.height,
-                                                                                            dtype=pl.String),
-                "categories": cats,
-                "description": [" ".join(_flatten_categories(d))[:300] or None for d in desc],
-                "domain": name,
-            }, schema={"item_id": pl.String, "title": pl.String, "categories": pl.List(pl.String),
-                       "description": pl.String, "domain": pl.String}))
+            metas.append(
+                pl.DataFrame(
+                    {
+                        "item_id": m[mid].cast(pl.String),
+                        "title": m["title"].cast(pl.String)
+                        if "title" in m.columns
+                        else pl.Series([None] * m.height, dtype=pl.String),
+                        "categories": cats,
+                        "description": [" ".join(_flatten_categories(d))[:300] or None for d in desc],
+                        "domain": name,
+                    },
+                    schema={
+                        "item_id": pl.String,
+                        "title": pl.String,
+                        "categories": pl.List(pl.String),
+                        "description": pl.String,
+                        "domain": pl.String,
+                    },
+                )
+            )
     pos = pl.concat(parts).select("user_id", "item_id", "scenario_id", "timestamp")
     item_dom = pos.select("item_id", "scenario_id").unique()
-    domain_items = {sid: item_dom.filter(pl.col("scenario_id") == sid)["item_id"].sort().to_numpy().astype(str)
-                    for sid, _, _ in scen_rows}
+    domain_items = {
+        sid: item_dom.filter(pl.col("scenario_id") == sid)["item_id"].sort().to_numpy().astype(str)
+        for sid, _, _ in scen_rows
+    }
     inter = add_negatives(pos, domain_items, cfg.amazon.negatives_per_positive, cfg.seed)
     names = {sid: name for sid, name, _ in scen_rows}
-    items = item_dom.group_by("item_id").agg(pl.col("scenario_id").first()).with_columns(
-        domain=pl.col("scenario_id").replace_strict(names, return_dtype=pl.String)).drop("scenario_id")
+    items = (
+        item_dom.group_by("item_id")
+        .agg(pl.col("scenario_id").first())
+        .with_columns(domain=pl.col("scenario_id").replace_strict(names, return_dtype=pl.String))
+        .drop("scenario_id")
+    )
     meta = pl.concat(metas).unique("item_id", keep="first") if metas else None
     if meta is not None:
         items = items.join(meta.drop("domain"), on="item_id", how="left")
     else:
-        items = items.with_columns(title=pl.lit(None, pl.String), categories=pl.lit(None, pl.List(pl.String)),
-                                   description=pl.lit(None, pl.String))
+        items = items.with_columns(
+            title=pl.lit(None, pl.String),
+            categories=pl.lit(None, pl.List(pl.String)),
+            description=pl.lit(None, pl.String),
+        )
     n_untitled = items["title"].null_count()
     if n_untitled:
-        log.warning("amazon: %d reviewed products have no title in the metadata; their id is used", n_untitled)
-    items = items.with_columns(
-        title=pl.col("title").fill_null(pl.col("item_id")),
-        categories=pl.when(pl.col("categories").list.len() > 0).then(pl.col("categories"))
-        .otherwise(pl.concat_list(pl.col("domain"))),
-    ).with_columns(
-        item_category=pl.when(pl.col("categories").list.len() > 1).then(pl.col("categories").list.get(1))
-        .otherwise(pl.col("categories").list.first()),
-        description=pl.col("description").fill_null(pl.col("domain") + pl.lit(" product.")),
-    ).select("item_id", "title", "categories", "description", "item_category").sort("item_id")
+        log.warning(
+            "amazon: %d reviewed products have no title in the metadata; their id is used", n_untitled
+        )
+    items = (
+        items.with_columns(
+            title=pl.col("title").fill_null(pl.col("item_id")),
+            categories=pl.when(pl.col("categories").list.len() > 0)
+            .then(pl.col("categories"))
+            .otherwise(pl.concat_list(pl.col("domain"))),
+        )
+        .with_columns(
+            item_category=pl.when(pl.col("categories").list.len() > 1)
+            .then(pl.col("categories").list.get(1))
+            .otherwise(pl.col("categories").list.first()),
+            description=pl.col("description").fill_null(pl.col("domain") + pl.lit(" product.")),
+        )
+        .select("item_id", "title", "categories", "description", "item_category")
+        .sort("item_id")
+    )
     users = inter.select(pl.col("user_id").unique()).sort("user_id")
-    scenarios = pl.DataFrame({"scenario_id": [r[0] for r in scen_rows], "name": [r[1] for r in scen_rows],
-                              "description": [r[2] for r in scen_rows]})
-    return RawData(interactions=inter, users=users, items=items, scenarios=scenarios, has_timestamps=True,
-                   params={"dataset": "amazon", "layout": "reviews",
-                           "files": sorted(str(p) for p in [*review_files.values(), *meta_files.values()]),
-                           **cfg.amazon.model_dump()})
+    scenarios = pl.DataFrame(
+        {
+            "scenario_id": [r[0] for r in scen_rows],
+            "name": [r[1] for r in scen_rows],
+            "description": [r[2] for r in scen_rows],
+        }
+    )
+    return RawData(
+        interactions=inter,
+        users=users,
+        items=items,
+        scenarios=scenarios,
+        has_timestamps=True,
+        params={
+            "dataset": "amazon",
+            "layout": "reviews",
+            "files": sorted(str(p) for p in [*review_files.values(), *meta_files.values()]),
+            **cfg.amazon.model_dump(),
+        },
+    )
 
 
 def load(cfg: DataConfig) -> RawData:

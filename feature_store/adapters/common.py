@@ -42,13 +42,20 @@ def read_delimited(path: Path, separator: str, names: Sequence[str] | None = Non
         sep = "\x1f"
     try:
         df = pl.read_csv(
-            io.StringIO(text), separator=sep, has_header=names is None, new_columns=list(names) if names else None,
-            infer_schema=False, quote_char=None, truncate_ragged_lines=False,
+            io.StringIO(text),
+            separator=sep,
+            has_header=names is None,
+            new_columns=list(names) if names else None,
+            infer_schema=False,
+            quote_char=None,
+            truncate_ragged_lines=False,
         )
     except pl.exceptions.PolarsError as exc:
         raise DataError(f"{path}: cannot be read as {separator!r}-separated text: {exc}") from exc
     if names is not None and df.width != len(names):
-        raise DataError(f"{path}: expected {len(names)} {separator!r}-separated fields per line, found {df.width}")
+        raise DataError(
+            f"{path}: expected {len(names)} {separator!r}-separated fields per line, found {df.width}"
+        )
     if df.height == 0:
         raise DataError(f"{path}: file has a header but no rows")
     return df
@@ -91,9 +98,11 @@ def _bad_value(df: pl.DataFrame, col: str, ok: pl.Series) -> tuple[int, object]:
     return idx, df[col][idx]
 
 
-def to_int(df: pl.DataFrame, path: Path | str, col: str, dtype: pl.DataType = pl.Int64(),
-           allow_float: bool = False) -> pl.DataFrame:
+def to_int(
+    df: pl.DataFrame, path: Path | str, col: str, dtype: pl.DataType | None = None, allow_float: bool = False
+) -> pl.DataFrame:
     """Cast a string column to integers; DataError with the first offending value and its row."""
+    dtype = dtype or pl.Int64()
     s = df[col].str.strip_chars()
     parsed = s.cast(pl.Float64, strict=False) if allow_float else s.cast(dtype, strict=False)
     ok = parsed.is_not_null()
@@ -101,7 +110,9 @@ def to_int(df: pl.DataFrame, path: Path | str, col: str, dtype: pl.DataType = pl
         ok = ok & parsed.is_finite().fill_null(False)
     if not ok.all():
         idx, value = _bad_value(df, col, ok)
-        raise DataError(f"{path}: column {col!r} has value {value!r} at data row {idx + 1}, expected an integer")
+        raise DataError(
+            f"{path}: column {col!r} has value {value!r} at data row {idx + 1}, expected an integer"
+        )
     out = parsed.cast(dtype) if allow_float else parsed
     return df.with_columns(out.alias(col))
 
@@ -126,7 +137,9 @@ def check_no_nulls(df: pl.DataFrame, path: Path | str, columns: Iterable[str]) -
     for col in columns:
         bad = df[col].is_null() | (df[col].cast(pl.String).str.strip_chars() == "")
         if bad.any():
-            raise DataError(f"{path}: column {col!r} is empty at data row {int(bad.arg_max()) + 1}, expected a value")
+            raise DataError(
+                f"{path}: column {col!r} is empty at data row {int(bad.arg_max()) + 1}, expected a value"
+            )
 
 
 def check_known(df: pl.DataFrame, path: Path | str, col: str, known: Iterable[str], what: str) -> None:
@@ -135,4 +148,6 @@ def check_known(df: pl.DataFrame, path: Path | str, col: str, known: Iterable[st
     bad = df.filter(~pl.col(col).is_in(known))
     if bad.height:
         shown = known if len(known) <= 10 else f"{len(known)} known values"
-        raise DataError(f"{path}: column {col!r} has value {bad[col][0]!r}, which is not a known {what} ({shown})")
+        raise DataError(
+            f"{path}: column {col!r} has value {bad[col][0]!r}, which is not a known {what} ({shown})"
+        )

@@ -10,7 +10,14 @@ from __future__ import annotations
 import polars as pl
 
 from feature_store.adapters import RawData, require_path
-from feature_store.adapters.common import check_known, check_labels, check_no_nulls, read_csv, require_columns, to_int
+from feature_store.adapters.common import (
+    check_known,
+    check_labels,
+    check_no_nulls,
+    read_csv,
+    require_columns,
+    to_int,
+)
 from feature_store.dataset import DataError
 from llm4msr.config import DataConfig
 
@@ -26,7 +33,9 @@ def load(cfg: DataConfig) -> RawData:
     if path.is_dir():
         found = sorted(path.glob("*.csv"))
         if len(found) != 1:
-            raise DataError(f"{path}: expected exactly one *.csv (domain,user_id,item_id,label), found {len(found)}")
+            raise DataError(
+                f"{path}: expected exactly one *.csv (domain,user_id,item_id,label), found {len(found)}"
+            )
         path = found[0]
     df = read_csv(path)
     require_columns(df, path, ["domain", "user_id", "item_id", "label"])
@@ -45,17 +54,38 @@ def load(cfg: DataConfig) -> RawData:
         timestamp=pl.col("timestamp") if has_ts else pl.lit(0, pl.Int64),
     )
     names = {k: v[0] for k, v in DOMAINS.items()}
-    items = inter.select("item_id", "scenario_id").unique("item_id").sort("item_id").select(
-        "item_id",
-        title=pl.col("scenario_id").replace_strict(names, return_dtype=pl.String).str.strip_chars_end("s")
-        + pl.lit(" ") + pl.col("item_id").str.split("_").list.last(),
-        categories=pl.concat_list(pl.col("scenario_id").replace_strict(names, return_dtype=pl.String)),
-        description=pl.lit(None, pl.String),
-    ).with_columns(description=pl.lit("Douban ") + pl.col("categories").list.first().str.to_lowercase()
-                   + pl.lit(" item (no text in the source)."))
+    items = (
+        inter.select("item_id", "scenario_id")
+        .unique("item_id")
+        .sort("item_id")
+        .select(
+            "item_id",
+            title=pl.col("scenario_id").replace_strict(names, return_dtype=pl.String).str.strip_chars_end("s")
+            + pl.lit(" ")
+            + pl.col("item_id").str.split("_").list.last(),
+            categories=pl.concat_list(pl.col("scenario_id").replace_strict(names, return_dtype=pl.String)),
+            description=pl.lit(None, pl.String),
+        )
+        .with_columns(
+            description=pl.lit("Douban ")
+            + pl.col("categories").list.first().str.to_lowercase()
+            + pl.lit(" item (no text in the source).")
+        )
+    )
     users = inter.select(pl.col("user_id").unique()).sort("user_id")
     present = sorted(inter["scenario_id"].unique())
-    scenarios = pl.DataFrame({"scenario_id": present, "name": [DOMAINS[d][0] for d in present],
-                              "description": [DOMAINS[d][1] for d in present]})
-    return RawData(interactions=inter, users=users, items=items, scenarios=scenarios, has_timestamps=has_ts,
-                   params={"dataset": "douban", "file": str(path)})
+    scenarios = pl.DataFrame(
+        {
+            "scenario_id": present,
+            "name": [DOMAINS[d][0] for d in present],
+            "description": [DOMAINS[d][1] for d in present],
+        }
+    )
+    return RawData(
+        interactions=inter,
+        users=users,
+        items=items,
+        scenarios=scenarios,
+        has_timestamps=has_ts,
+        params={"dataset": "douban", "file": str(path)},
+    )

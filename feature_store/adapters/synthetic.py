@@ -34,42 +34,124 @@ log = logging.getLogger(__name__)
 # interest name, flavour words (shared by every scenario), then its category in the three hand-written
 # scenarios (Grocery, Kitchen, Outdoors). Further scenarios use the templates in EXTRA_SCENARIOS.
 INTERESTS: list[tuple[str, tuple[str, str, str], tuple[str, str, str]]] = [
-    ("coffee", ("dark roast", "arabica", "espresso"), ("coffee beans", "espresso maker", "insulated coffee thermos")),
-    ("tea", ("green", "jasmine", "earl grey"), ("loose leaf tea", "ceramic teapot", "travel tea infuser bottle")),
-    ("baking", ("vanilla", "chocolate chip", "sourdough"), ("baking flour", "stand mixer", "camp dutch oven")),
-    ("grilling", ("smoky", "hickory", "mesquite"), ("barbecue sauce", "cast iron grill pan", "portable charcoal grill")),
+    (
+        "coffee",
+        ("dark roast", "arabica", "espresso"),
+        ("coffee beans", "espresso maker", "insulated coffee thermos"),
+    ),
+    (
+        "tea",
+        ("green", "jasmine", "earl grey"),
+        ("loose leaf tea", "ceramic teapot", "travel tea infuser bottle"),
+    ),
+    (
+        "baking",
+        ("vanilla", "chocolate chip", "sourdough"),
+        ("baking flour", "stand mixer", "camp dutch oven"),
+    ),
+    (
+        "grilling",
+        ("smoky", "hickory", "mesquite"),
+        ("barbecue sauce", "cast iron grill pan", "portable charcoal grill"),
+    ),
     ("hiking", ("trail", "alpine", "lightweight"), ("trail mix", "food dehydrator", "hiking backpack")),
     ("fitness", ("high protein", "energy", "lean"), ("protein bars", "smoothie blender", "yoga mat")),
     ("wine", ("cabernet", "vintage", "sparkling"), ("wine crackers", "wine decanter", "picnic wine tote")),
-    ("kids", ("kid friendly", "colorful", "fun size"), ("fruit snacks", "bento lunch box", "kids camping tent")),
-    ("asian cooking", ("thai", "sichuan", "teriyaki"), ("curry paste", "carbon steel wok", "portable butane stove")),
-    ("vegan", ("plant based", "gluten free", "dairy free"), ("vegan protein powder", "vegetable spiralizer", "garden seed kit")),
-    ("seafood", ("wild caught", "atlantic", "coastal"), ("smoked salmon", "fish fillet knife", "fishing rod")),
-    ("pets", ("grain free", "chewy", "playful"), ("dog treats", "pet food storage bin", "dog hiking harness")),
+    (
+        "kids",
+        ("kid friendly", "colorful", "fun size"),
+        ("fruit snacks", "bento lunch box", "kids camping tent"),
+    ),
+    (
+        "asian cooking",
+        ("thai", "sichuan", "teriyaki"),
+        ("curry paste", "carbon steel wok", "portable butane stove"),
+    ),
+    (
+        "vegan",
+        ("plant based", "gluten free", "dairy free"),
+        ("vegan protein powder", "vegetable spiralizer", "garden seed kit"),
+    ),
+    (
+        "seafood",
+        ("wild caught", "atlantic", "coastal"),
+        ("smoked salmon", "fish fillet knife", "fishing rod"),
+    ),
+    (
+        "pets",
+        ("grain free", "chewy", "playful"),
+        ("dog treats", "pet food storage bin", "dog hiking harness"),
+    ),
     ("italian", ("tuscan", "extra virgin", "basil"), ("pasta sauce", "pasta maker", "herb planter box")),
-    ("spicy food", ("fiery", "chipotle", "habanero"), ("hot sauce", "spice grinder", "chili pepper grow kit")),
-    ("breakfast", ("honey", "maple", "whole grain"), ("granola cereal", "waffle iron", "camp pancake griddle")),
-    ("sweets", ("hazelnut", "caramel", "sea salt"), ("chocolate truffles", "candy thermometer", "campfire smores kit")),
+    (
+        "spicy food",
+        ("fiery", "chipotle", "habanero"),
+        ("hot sauce", "spice grinder", "chili pepper grow kit"),
+    ),
+    (
+        "breakfast",
+        ("honey", "maple", "whole grain"),
+        ("granola cereal", "waffle iron", "camp pancake griddle"),
+    ),
+    (
+        "sweets",
+        ("hazelnut", "caramel", "sea salt"),
+        ("chocolate truffles", "candy thermometer", "campfire smores kit"),
+    ),
 ]
 # Categories beyond the 16 base interests are style variants of them ("budget coffee beans").
 STYLE_VARIANTS = ("premium", "budget", "vintage")
 
 BASE_SCENARIOS: list[tuple[str, str, str]] = [
-    ("grocery", "Grocery", "Food and drink for the home: pantry staples, snacks, beverages and gourmet treats."),
+    (
+        "grocery",
+        "Grocery",
+        "Food and drink for the home: pantry staples, snacks, beverages and gourmet treats.",
+    ),
     ("kitchen", "Kitchen", "Cookware, appliances and tools for preparing and serving food at home."),
     ("outdoors", "Outdoors", "Gear for camping, hiking, gardening, fishing and cooking in the open air."),
 ]
 # id, name, description, category template ({interest} is the interest name)
 EXTRA_SCENARIOS: list[tuple[str, str, str, str]] = [
-    ("books", "Books", "Printed and digital books: cookbooks, guides and hobby manuals.", "{interest} guide book"),
-    ("electronics", "Electronics", "Smart devices and gadgets for hobbies and the home.", "smart {interest} gadget"),
-    ("home_decor", "Home Decor", "Wall art, textiles and decorations for the living space.", "{interest} themed wall art"),
-    ("beauty", "Beauty", "Personal care: lotions, soaps and scented body products.", "{interest} scented lotion"),
+    (
+        "books",
+        "Books",
+        "Printed and digital books: cookbooks, guides and hobby manuals.",
+        "{interest} guide book",
+    ),
+    (
+        "electronics",
+        "Electronics",
+        "Smart devices and gadgets for hobbies and the home.",
+        "smart {interest} gadget",
+    ),
+    (
+        "home_decor",
+        "Home Decor",
+        "Wall art, textiles and decorations for the living space.",
+        "{interest} themed wall art",
+    ),
+    (
+        "beauty",
+        "Beauty",
+        "Personal care: lotions, soaps and scented body products.",
+        "{interest} scented lotion",
+    ),
     ("toys", "Toys", "Toys, games and play sets for children and families.", "{interest} play set"),
 ]
 ADJECTIVES = (
-    "organic", "premium", "classic", "compact", "deluxe", "everyday", "handcrafted", "family size",
-    "eco friendly", "professional", "artisan", "travel size",
+    "organic",
+    "premium",
+    "classic",
+    "compact",
+    "deluxe",
+    "everyday",
+    "handcrafted",
+    "family size",
+    "eco friendly",
+    "professional",
+    "artisan",
+    "travel size",
 )
 AGE_GROUPS = ("18-24", "25-34", "35-44", "45-54", "55+")
 GENDERS = ("F", "M")
@@ -128,11 +210,14 @@ def latent_personas(cfg: DataConfig) -> pl.DataFrame:
     sc = cfg.synthetic
     persona = _rng(cfg.seed, 1).integers(0, sc.n_categories, sc.n_users)
     names = np.array(interest_names(sc.n_categories), dtype=object)
-    return pl.DataFrame({
-        "user_id": _id_strings("u", sc.n_users),
-        "persona": persona.astype(np.int32),
-        "persona_name": names[persona],
-    }, schema={"user_id": pl.String, "persona": pl.Int32, "persona_name": pl.String})
+    return pl.DataFrame(
+        {
+            "user_id": _id_strings("u", sc.n_users),
+            "persona": persona.astype(np.int32),
+            "persona_name": names[persona],
+        },
+        schema={"user_id": pl.String, "persona": pl.Int32, "persona_name": pl.String},
+    )
 
 
 def _items(cfg: DataConfig) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
@@ -158,23 +243,33 @@ def _items(cfg: DataConfig) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, np.nd
     adj_i = rng.integers(0, len(ADJECTIVES), sc.n_items)
     # Vectorised text: gather the words per item, then concatenate (no per-item Python loop).
     cat_names = pl.Series([name for row in cats for name in row], dtype=pl.String)
-    flavours = pl.Series([INTERESTS[k % len(INTERESTS)][1][f] for k in range(n_c) for f in range(3)], dtype=pl.String)
-    parts = pl.DataFrame({
-        "adj": pl.Series(ADJECTIVES, dtype=pl.String).gather(adj_i),
-        "flavour": flavours.gather(item_cat * 3 + flav_i),
-        "item_category": cat_names.gather(item_scen * n_c + item_cat),
-        "scenario": pl.Series([r[1] for r in scen], dtype=pl.String).gather(item_scen),
-    })
+    flavours = pl.Series(
+        [INTERESTS[k % len(INTERESTS)][1][f] for k in range(n_c) for f in range(3)], dtype=pl.String
+    )
+    parts = pl.DataFrame(
+        {
+            "adj": pl.Series(ADJECTIVES, dtype=pl.String).gather(adj_i),
+            "flavour": flavours.gather(item_cat * 3 + flav_i),
+            "item_category": cat_names.gather(item_scen * n_c + item_cat),
+            "scenario": pl.Series([r[1] for r in scen], dtype=pl.String).gather(item_scen),
+        }
+    )
     title = pl.concat_str([pl.col("adj"), pl.col("flavour"), pl.col("item_category")], separator=" ")
     items = parts.select(
         item_id=pl.Series(_id_strings("i", sc.n_items), dtype=pl.String),
         title=title,
         categories=pl.concat_list([pl.col("scenario"), pl.col("item_category")]),
-        description=pl.concat_str([
-            title.str.slice(0, 1).str.to_uppercase(), title.str.slice(1), pl.lit(": a "),
-            pl.col("scenario").str.to_lowercase(), pl.lit(" product in the "), pl.col("item_category"),
-            pl.lit(" range."),
-        ]),
+        description=pl.concat_str(
+            [
+                title.str.slice(0, 1).str.to_uppercase(),
+                title.str.slice(1),
+                pl.lit(": a "),
+                pl.col("scenario").str.to_lowercase(),
+                pl.lit(" product in the "),
+                pl.col("item_category"),
+                pl.lit(" range."),
+            ]
+        ),
         item_category=pl.col("item_category"),
     )
     return items, item_scen, item_cat, weight
@@ -190,8 +285,14 @@ def _user_counts(cfg: DataConfig, rng: np.random.Generator) -> np.ndarray:
     return floor + rng.multinomial(rest, w / w.sum())
 
 
-def _zipf_in_groups(group_of_item: np.ndarray, weight: np.ndarray, n_groups: int, row_group: np.ndarray,
-                    u: np.ndarray, exponent: float) -> np.ndarray:
+def _zipf_in_groups(
+    group_of_item: np.ndarray,
+    weight: np.ndarray,
+    n_groups: int,
+    row_group: np.ndarray,
+    u: np.ndarray,
+    exponent: float,
+) -> np.ndarray:
     """For each row, an item of its group drawn with Zipf(exponent) popularity over the group's items.
 
     Items are ranked within their group by `weight`; the rank is drawn by inverting the continuous
@@ -274,28 +375,45 @@ def load(cfg: DataConfig) -> RawData:
     item_ids = items["item_id"]
     scen_rows = scenario_table(n_s)
     scen_ids = pl.Series("scenario_id", [r[0] for r in scen_rows], dtype=pl.String)
-    interactions = pl.DataFrame({
-        "user_id": user_ids.gather(user),
-        "item_id": item_ids.gather(item),
-        "scenario_id": scen_ids.gather(scen),
-        "label": label,
-        "timestamp": timestamp,
-    })
+    interactions = pl.DataFrame(
+        {
+            "user_id": user_ids.gather(user),
+            "item_id": item_ids.gather(item),
+            "scenario_id": scen_ids.gather(scen),
+            "label": label,
+            "timestamp": timestamp,
+        }
+    )
 
     urng = _rng(cfg.seed, 4)
-    users = pl.DataFrame({
-        "user_id": user_ids,
-        "age_group": np.array(AGE_GROUPS, dtype=object)[urng.integers(0, len(AGE_GROUPS), sc.n_users)],
-        "gender": np.array(GENDERS, dtype=object)[urng.integers(0, len(GENDERS), sc.n_users)],
-    }, schema={"user_id": pl.String, "age_group": pl.String, "gender": pl.String})
+    users = pl.DataFrame(
+        {
+            "user_id": user_ids,
+            "age_group": np.array(AGE_GROUPS, dtype=object)[urng.integers(0, len(AGE_GROUPS), sc.n_users)],
+            "gender": np.array(GENDERS, dtype=object)[urng.integers(0, len(GENDERS), sc.n_users)],
+        },
+        schema={"user_id": pl.String, "age_group": pl.String, "gender": pl.String},
+    )
     scenarios = pl.DataFrame(
-        {"scenario_id": [r[0] for r in scen_rows], "name": [r[1] for r in scen_rows],
-         "description": [r[2] for r in scen_rows]},
+        {
+            "scenario_id": [r[0] for r in scen_rows],
+            "name": [r[1] for r in scen_rows],
+            "description": [r[2] for r in scen_rows],
+        },
         schema={"scenario_id": pl.String, "name": pl.String, "description": pl.String},
     )
-    log.info("synthetic: %s interactions, %s users, %s items, positive rate %.3f",
-             f"{n:,}", f"{sc.n_users:,}", f"{sc.n_items:,}", float(label.mean()))
+    log.info(
+        "synthetic: %s interactions, %s users, %s items, positive rate %.3f",
+        f"{n:,}",
+        f"{sc.n_users:,}",
+        f"{sc.n_items:,}",
+        float(label.mean()),
+    )
     return RawData(
-        interactions=interactions, users=users, items=items, scenarios=scenarios, has_timestamps=True,
+        interactions=interactions,
+        users=users,
+        items=items,
+        scenarios=scenarios,
+        has_timestamps=True,
         params={"dataset": "synthetic", "seed": cfg.seed, **sc.model_dump()},
     )

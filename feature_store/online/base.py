@@ -116,6 +116,8 @@ class EntityBatch:
 
     def sorted(self) -> EntityBatch:
         ids = np.asarray(self.ids).astype(str)
+        if len(ids) < 2 or bool((ids[1:] >= ids[:-1]).all()):  # snapshots are usually sorted: no copy
+            return EntityBatch(ids, np.asarray(self.vectors), np.asarray(self.generated_at))
         order = np.argsort(ids, kind="stable")
         return EntityBatch(ids[order], np.asarray(self.vectors)[order], np.asarray(self.generated_at)[order])
 
@@ -324,7 +326,7 @@ class OnlineStore(ABC):
         if len(set(dims.values())) != 1:
             raise ValueError(f"version {version}: kinds have different dimensions {dims}")
         for k, b in entities.items():
-            if len(np.unique(b.ids)) != len(b.ids):
+            if bool((b.ids[1:] == b.ids[:-1]).any()):  # sorted: duplicates are neighbours
                 raise ValueError(f"version {version}: kind {k!r} has duplicate entity ids")
         dimension = next(iter(dims.values()))
         counts = {k: len(b.ids) for k, b in entities.items()}

@@ -112,6 +112,12 @@ class Decoded:
     malformed: int
 
 
+@functools.lru_cache(maxsize=1)
+def _f16_table() -> np.ndarray:
+    """float32 value of every float16 bit pattern (256 KiB): decoding is one gather."""
+    return np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
 def check_records(
     layout: Layout, recs: np.ndarray, max_age_seconds: int | None, now: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -125,8 +131,9 @@ def check_records(
     )
     raw = recs["vec"]
     if raw.dtype.itemsize == 2:  # float16: exponent all ones = inf/nan (cheaper than isfinite on f16)
-        ok &= ((raw.view(np.uint16) & 0x7C00) != 0x7C00).all(axis=1)
-        vecs = raw.astype(np.float32)
+        bits = raw.view(np.uint16)
+        ok &= ((bits & 0x7C00) != 0x7C00).all(axis=1)
+        vecs = np.take(_f16_table(), bits)  # exact, and ~2x faster than numpy's float16 cast here
     else:
         vecs = raw.astype(np.float32)
         ok &= np.isfinite(vecs).all(axis=1)
@@ -141,9 +148,17 @@ def decode_values(
 ) -> Decoded:
     """Decode a batch of raw values (None = key absent). Never raises on bad bytes."""
     n = len(values)
+    size = layout.size
+    if n and None not in values and set(map(len, values)) == {size}:
+        # common case, no per-value Python work: every value present with the right length
+        recs = np.frombuffer(b"".join(values), dtype=layout.rec)  # type: ignore[arg-type]
+        vecs, ok, stale = check_records(layout, recs, max_age_seconds, now)
+        use = ok & ~stale
+        if not use.all():
+            vecs[~use] = 0.0
+        return Decoded(vecs, use, 0, int(stale.sum()), int((~ok).sum()))
     out = np.zeros((n, layout.dimension), dtype=np.float32)
     found = np.zeros(n, dtype=bool)
-    size = layout.size
     lengths = [-1 if v is None else len(v) for v in values]
     good = [i for i, length in enumerate(lengths) if length == size]
     n_present = n - lengths.count(-1)
@@ -166,6 +181,12 @@ def decode_array(
 ) -> Decoded:
     """Decode records gathered as a structured array (rows where `present` is False are ignored)."""
     n = len(present)
+    if n and len(recs) == n:  # every id present: no scatter
+        vecs, ok, stale = check_records(layout, recs, max_age_seconds, now)
+        use = ok & ~stale
+        if not use.all():
+            vecs[~use] = 0.0
+        return Decoded(vecs, use, 0, int(stale.sum()), int((~ok).sum()))
     out = np.zeros((n, layout.dimension), dtype=np.float32)
     found = np.zeros(n, dtype=bool)
     idx = np.flatnonzero(present)

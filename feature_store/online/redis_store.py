@@ -2,30 +2,39 @@
 
 Keys (NS = StoreConfig.namespace):
 
-    NS:v:<version>:<kind>:<entity_id>   value = codec header + float16/float32 payload
-    NS:meta:<version>                   hash: StoreVersion fields (counts as JSON), progress:<kind>
+    NS:h:<version>:<kind>:<bucket>      hash: entity id -> value (codec header + float16/float32 payload)
+    NS:meta:<version>                   hash: StoreVersion fields (counts as JSON), buckets, progress:<kind>
     NS:versions                         set of version ids ever written (pruned when meta expires)
     NS:current                          the current version id (the pointer)
     NS:history                          list of previously current ids, oldest first (rollback)
 
-Writes go through MULTI/EXEC pipelines of MSET chunks (`write_chunk` keys) that also advance
-`progress:<kind>` in the meta hash, so a chunk and its progress land together and a resumed
-materialization skips exactly what is there. Chunks are retried `retries` times with exponential
-backoff. The pointer and the history switch in one MULTI/EXEC after the version has been verified;
-then the previous version's keys get EXPIRE old_version_ttl_seconds (meta first, keys a minute
-later than meta, so a version whose metadata still exists always has its keys) and the new
-current version's keys are PERSISTed (it may be an expiring one brought back by rollback).
+Each (version, kind) is split into `buckets` hashes (fixed when the version is first written:
+ceil(largest kind / redis_bucket_fields), recorded in the meta hash); an entity lives in bucket
+crc32(utf-8 id) % buckets. So a batch read is one HMGET per bucket touched (one command when
+buckets == 1), and expiring, keeping or dropping a whole version is O(buckets) commands, never a
+keyspace SCAN; no hash grows so big that freeing it on expiry stalls the server for long.
 
-Reads: one MGET with a pooled hiredis connection, socket timeouts `timeout_ms`, at most one
-reconnect attempt; the pointer and metadata are cached for `pointer_cache_ms`.
+Writes: per chunk of `write_chunk` id-sorted entities, one MULTI/EXEC with one HSET (flat
+field/value arguments) per bucket plus the new `progress:<kind>`, so a chunk and its progress land
+together and a resumed materialization skips exactly what is there (HSET overwrites: re-writing a
+chunk is idempotent). Chunks are retried `retries` times with exponential backoff. The pointer and
+the history switch in one MULTI/EXEC after the version has been verified; then the previous
+version's keys get EXPIRE old_version_ttl_seconds (meta first, buckets a minute later than meta,
+so a version whose metadata still exists always has its data); a version brought back by
+rollback is PERSISTed (meta first) before the pointer moves to it.
+
+Reads: HMGET(s) on a pooled hiredis connection, socket timeouts `timeout_ms`, at most one
+reconnect attempt; the pointer, the metadata and the bucket count are cached for `pointer_cache_ms`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -39,6 +48,19 @@ from llm4msr.config import StoreConfig
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SCAN_COUNT = 5000
+
+
+def bucket_of(entity_ids: Sequence[str], buckets: int) -> np.ndarray:
+    """Bucket index (int64) of each id: crc32 of its UTF-8 bytes modulo `buckets` (stable across
+    processes and languages, unlike Python's hash())."""
+    crc = zlib.crc32
+    return np.fromiter((crc(s.encode()) for s in entity_ids), dtype=np.int64, count=len(entity_ids)) % buckets
+
+
+def value_location(namespace: str, version: str, kind: str, entity_id: str, buckets: int) -> tuple[str, str]:
+    """(hash key, field) holding one entity's value; for tools and tests that touch values directly."""
+    b = int(bucket_of([entity_id], buckets)[0])
+    return f"{namespace}:h:{version}:{kind}:{b}", entity_id
 
 
 class RedisStore(OnlineStore):
@@ -73,13 +95,28 @@ class RedisStore(OnlineStore):
             f"{ns}:history",
             f"{ns}:versions",
         )
+        self._buckets: dict[str, int] = {}  # version -> bucket count (immutable once written)
 
     # ------------------------------------------------------------------ helpers
     def _meta_key(self, version: str) -> str:
         return f"{self.cfg.namespace}:meta:{version}"
 
-    def _prefix(self, version: str, kind: str) -> str:
-        return f"{self.cfg.namespace}:v:{version}:{kind}:"
+    def _bucket_prefix(self, version: str, kind: str) -> str:
+        return f"{self.cfg.namespace}:h:{version}:{kind}:"
+
+    def _data_keys(self, version: str, kinds: Sequence[str], buckets: int) -> list[str]:
+        return [self._bucket_prefix(version, k) + str(b) for k in kinds for b in range(buckets)]
+
+    def buckets(self, version: str) -> int:
+        """How many hashes each kind of `version` is split into (read from its metadata once)."""
+        n = self._buckets.get(version)
+        if n is None:
+            raw = self._call(
+                f"reading metadata of {version}", lambda: self._r.hget(self._meta_key(version), "buckets")
+            )
+            n = int(raw) if raw else 1
+            self._buckets[version] = n
+        return n
 
     def _call(self, what: str, fn: Callable[[], T], *, retries: int = 0) -> T:
         """Run a backend call; retry connection/timeout errors with backoff; raise StoreError."""
@@ -108,16 +145,20 @@ class RedisStore(OnlineStore):
             except self._redis.RedisError as exc:
                 raise StoreError(f"redis at {self.redacted_url}: {what} failed: {exc}") from exc
 
-    def _scan_version(self, version: str) -> Any:
-        """All data keys of `version` (SCAN, in batches)."""
+    def _version_keys(self, version: str) -> list[str]:
+        """Data keys of `version` from its metadata (kinds x buckets); SCAN only without metadata."""
+        info = self.version_info(version)
+        if info is not None:
+            return self._data_keys(version, sorted(info.counts), self.buckets(version))
+        keys: list[str] = []
         cursor = 0
-        match = f"{self.cfg.namespace}:v:{version}:*"
         while True:
-            cursor, keys = self._w.scan(cursor=cursor, match=match, count=SCAN_COUNT)
-            if keys:
-                yield keys
+            cursor, batch = self._w.scan(
+                cursor=cursor, match=f"{self.cfg.namespace}:h:{version}:*", count=SCAN_COUNT
+            )
+            keys += [k.decode() for k in batch]
             if cursor == 0:
-                return
+                return keys
 
     # ------------------------------------------------------------------ metadata
     def _read_pointer(self) -> str | None:
@@ -130,6 +171,8 @@ class RedisStore(OnlineStore):
             return None
         d = {k.decode(): v.decode() for k, v in raw.items()}
         d["counts"] = json.loads(d["counts"])
+        if d.get("buckets"):
+            self._buckets[version] = int(d["buckets"])
         return StoreVersion.from_dict(d)
 
     def list_versions(self) -> list[StoreVersion]:
@@ -153,27 +196,53 @@ class RedisStore(OnlineStore):
     def _read_raw(self, version: StoreVersion, kind: str, ids: Sequence[str]) -> list[bytes | None]:
         if not ids:
             return []
-        prefix = self._prefix(version.version, kind)
-        return self._r.mget([prefix + str(i) for i in ids])
+        fields = list(map(str, ids))
+        prefix = self._bucket_prefix(version.version, kind)
+        nb = self.buckets(version.version)
+        if nb == 1:
+            return self._r.hmget(prefix + "0", fields)
+        # group by bucket: one HMGET per bucket touched, one round trip, then back to request order
+        bucket = bucket_of(fields, nb)
+        order = np.argsort(bucket, kind="stable")
+        sorted_b = bucket[order]
+        bounds = np.flatnonzero(np.diff(sorted_b)) + 1
+        starts = [0, *bounds.tolist()]
+        ends = [*bounds.tolist(), len(fields)]
+        order_l = order.tolist()
+        in_order = [fields[i] for i in order_l]
+        pipe = self._r.pipeline(transaction=False)
+        for a, b in zip(starts, ends, strict=True):
+            pipe.hmget(prefix + str(int(sorted_b[a])), in_order[a:b])
+        got: list[bytes | None] = []
+        for part in pipe.execute():
+            got += part
+        out: list[bytes | None] = [None] * len(fields)
+        for i, v in zip(order_l, got, strict=True):
+            out[i] = v
+        return out
 
     # ------------------------------------------------------------------ writing
     def _begin_version(self, meta: StoreVersion) -> dict[str, int]:
         key = self._meta_key(meta.version)
+        buckets = max(1, math.ceil(max(meta.counts.values()) / self.cfg.redis_bucket_fields))
 
         def begin() -> dict[str, int]:
             existing = self._w.hgetall(key)
             if existing:
                 done = {k.decode()[9:]: int(v) for k, v in existing.items() if k.startswith(b"progress:")}
+                self._buckets[meta.version] = int(existing.get(b"buckets", 1))
                 log.info("redis store: resuming version %s (%s)", meta.version, done)
                 return done
             fields = {
                 k: ("" if v is None else json.dumps(v) if k == "counts" else str(v))
                 for k, v in meta.to_dict().items()
             }
+            fields["buckets"] = str(buckets)
             pipe = self._w.pipeline(transaction=True)
             pipe.hset(key, mapping=fields)
             pipe.sadd(self._k_versions, meta.version)
             pipe.execute()
+            self._buckets[meta.version] = buckets
             return {}
 
         return self._call(f"starting version {meta.version}", begin, retries=self.cfg.retries)
@@ -182,13 +251,33 @@ class RedisStore(OnlineStore):
         return None
 
     def _write_chunk(self, version: str, kind: str, start: int, ids: np.ndarray, recs: np.ndarray) -> None:
-        prefix = self._prefix(version, kind)
-        mapping = dict(zip([prefix + i for i in ids.tolist()], codec.split_records(recs), strict=True))
+        prefix = self._bucket_prefix(version, kind)
+        nb = self.buckets(version)
+        id_list = ids.tolist()
+        if nb == 1:
+            groups = [(0, id_list, codec.split_records(recs))]
+        else:
+            bucket = bucket_of(id_list, nb)
+            order = np.argsort(bucket, kind="stable")
+            sorted_b = bucket[order]
+            cuts = [0, *(np.flatnonzero(np.diff(sorted_b)) + 1).tolist(), len(id_list)]
+            ids_o = ids[order].tolist()
+            vals_o = codec.split_records(recs[order])
+            groups = [
+                (int(sorted_b[a]), ids_o[a:b], vals_o[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)
+            ]
+        commands = []
+        for b, fields, values in groups:
+            flat: list[Any] = [None] * (2 * len(fields))
+            flat[0::2] = fields
+            flat[1::2] = values
+            commands.append((prefix + str(b), flat))
         meta_key = self._meta_key(version)
 
         def write() -> None:
             pipe = self._w.pipeline(transaction=True)
-            pipe.mset(mapping)
+            for key, flat in commands:
+                pipe.execute_command("HSET", key, *flat)
             pipe.hset(meta_key, f"progress:{kind}", start + len(ids))
             pipe.execute()
 
@@ -202,13 +291,17 @@ class RedisStore(OnlineStore):
         return None
 
     def _count(self, version: str, kind: str, ids: np.ndarray) -> int:
-        prefix = self._prefix(version, kind)
-        total = 0
-        step = max(1000, self.cfg.write_chunk * 5)
-        for a in range(0, len(ids), step):
-            keys = [prefix + i for i in ids[a : a + step].tolist()]
-            total += self._call(f"counting version {version}", lambda keys=keys: self._w.exists(*keys))
-        return total
+        """Fields stored for `kind` (HLEN per bucket): O(buckets), not O(entities). Each entity is
+        one field, so with the sampled checksums this verifies the version without reading it all."""
+        keys = self._data_keys(version, [kind], self.buckets(version))
+
+        def count() -> int:
+            pipe = self._w.pipeline(transaction=False)
+            for k in keys:
+                pipe.hlen(k)
+            return int(sum(pipe.execute()))
+
+        return self._call(f"counting version {version}", count)
 
     def _mark_complete(self, version: str) -> None:
         self._call(
@@ -223,10 +316,14 @@ class RedisStore(OnlineStore):
             raise StoreError(f"version {version} is current; roll back or switch before dropping it")
 
         def drop() -> None:
-            for keys in self._scan_version(version):
-                self._w.unlink(*keys)
-            self._w.delete(self._meta_key(version))
-            self._w.srem(self._k_versions, version)
+            keys = self._version_keys(version)
+            pipe = self._w.pipeline(transaction=False)
+            for a in range(0, len(keys), 500):
+                pipe.unlink(*keys[a : a + 500])
+            pipe.delete(self._meta_key(version))
+            pipe.srem(self._k_versions, version)
+            pipe.execute()
+            self._buckets.pop(version, None)
 
         self._call(f"dropping version {version}", drop)
 
@@ -238,11 +335,10 @@ class RedisStore(OnlineStore):
         def persist() -> None:  # a rolled-back-to version may be expiring: keep it (meta first)
             if self._w.ttl(meta) >= 0 or self.version_info(version).retired_at:
                 self._w.persist(meta)
-                for keys in self._scan_version(version):
-                    pipe = self._w.pipeline(transaction=False)
-                    for k in keys:
-                        pipe.persist(k)
-                    pipe.execute()
+                pipe = self._w.pipeline(transaction=False)
+                for k in self._version_keys(version):
+                    pipe.persist(k)
+                pipe.execute()
 
         def switch() -> None:
             pipe = self._w.pipeline(transaction=True)
@@ -259,13 +355,13 @@ class RedisStore(OnlineStore):
         self._call(f"switching the pointer to {version}", switch, retries=self.cfg.retries)
         if previous:
             try:
-                self._w.expire(self._meta_key(previous), ttl)
-                for keys in self._scan_version(previous):
-                    pipe = self._w.pipeline(transaction=False)
-                    for k in keys:
-                        pipe.expire(k, ttl + 60)
-                    pipe.execute()
-            except self._redis.RedisError as exc:
+                keys = self._version_keys(previous)
+                pipe = self._w.pipeline(transaction=False)
+                pipe.expire(self._meta_key(previous), ttl)
+                for k in keys:
+                    pipe.expire(k, ttl + 60)
+                pipe.execute()
+            except (self._redis.RedisError, StoreError) as exc:
                 log.warning(
                     "redis store: pointer switched to %s but expiring %s failed: %s", version, previous, exc
                 )
@@ -277,16 +373,15 @@ class RedisStore(OnlineStore):
             mem: dict[str, Any] = {k: info.get(k) for k in ("used_memory", "used_memory_human", "maxmemory")}
             mem["dbsize"] = self._w.dbsize()
             cur = self._read_pointer()
-            if cur:
-                cursor, sample = 0, []
-                for _ in range(50):
-                    cursor, sample = self._w.scan(
-                        cursor=cursor, match=f"{self.cfg.namespace}:v:{cur}:*", count=1000
-                    )
-                    if sample or cursor == 0:
-                        break
-                if sample:
-                    mem["bytes_per_key_sample"] = self._w.memory_usage(sample[0])
+            meta = self.version_info(cur) if cur else None
+            if meta is not None:
+                nb = self.buckets(cur)
+                mem["buckets"] = nb
+                key = self._data_keys(cur, sorted(meta.counts), nb)[-1]
+                n = self._w.hlen(key)
+                usage = self._w.memory_usage(key, samples=64)
+                if n and usage:
+                    mem["bytes_per_entity_estimate"] = round(usage / n, 1)
             return {"memory": mem, "hiredis": self._redis.utils.HIREDIS_AVAILABLE}
 
         return self._call("reading server status", collect)

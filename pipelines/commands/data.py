@@ -36,8 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    build.add_argument("--dataset", choices=DATASETS,
-                       help="source adapter (default: data.dataset from the config, i.e. synthetic)")
+    build.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        help="source adapter (default: data.dataset from the config, i.e. synthetic)",
+    )
     build.add_argument("--path", metavar="P", help="source folder or file (data.path); not used by synthetic")
     build.add_argument("--out", metavar="DIR", help="output folder (default: data.out from the config)")
     add_config_args(build)
@@ -85,7 +88,9 @@ def _summary(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"dataset folder {folder} does not exist")
     path = folder / SUMMARY_FILE
     if not path.is_file():
-        hint = "" if (folder / MANIFEST_FILE).is_file() else " (is it a dataset built by `llm4msr data build`?)"
+        hint = (
+            "" if (folder / MANIFEST_FILE).is_file() else " (is it a dataset built by `llm4msr data build`?)"
+        )
         raise UserError(f"{path} does not exist{hint}")
     print(format_summary(json.loads(path.read_text())))
     return 0

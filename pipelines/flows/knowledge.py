@@ -16,6 +16,7 @@ A failed run therefore leaves both current pointers on the previous version.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -222,6 +223,13 @@ def assemble_snapshot(
     return info
 
 
+def _discard_plan(plan_path: str) -> None:
+    """Remove the work folder of a plan that will not be encoded (it holds nothing but plan.json)."""
+    work = Path(plan_path).parent
+    if work.is_dir() and all(p.name == "plan.json" for p in work.iterdir()):
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _current_snapshot_info(snapshot_root: str) -> dict[str, Any]:
     from feature_store.knowledge_snapshot import read_manifest
     from feature_store.offline_store import OfflineStore
@@ -336,6 +344,7 @@ def _run_knowledge(
         )
         snap = _current_snapshot_info(root)
         status = "up-to-date"
+        _discard_plan(plan["plan_path"])
     else:
         with timer.stage("encode"):
             shards = encode_shards.with_options(task_runner=make_task_runner(settings))(

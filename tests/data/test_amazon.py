@@ -17,8 +17,9 @@ FOOD_KITCHEN = REPO_ROOT.parent / "shared" / "data" / "amazon-food-kitchen"
 
 
 def _cfg(path: Path, k: int = 1, seed: int = 0) -> DataConfig:
-    return DataConfig.model_validate({"dataset": "amazon", "path": str(path), "seed": seed,
-                                      "amazon": {"negatives_per_positive": k}})
+    return DataConfig.model_validate(
+        {"dataset": "amazon", "path": str(path), "seed": seed, "amazon": {"negatives_per_positive": k}}
+    )
 
 
 def write_sequences(folder: Path) -> Path:
@@ -57,8 +58,14 @@ def test_tiny_sequences_ids_domains_negatives(tmp_path):
     folder = write_sequences(tmp_path / "fk")
     ds = build_dataset(_cfg(folder, k=2))
     inter = ds.interactions
-    assert set(ds.users["user_id"]) == {"train_A_1", "train_A_2", "train_B_1", "train_overlap_1", "valid_1",
-                                        "test_1"}
+    assert set(ds.users["user_id"]) == {
+        "train_A_1",
+        "train_A_2",
+        "train_B_1",
+        "train_overlap_1",
+        "valid_1",
+        "test_1",
+    }
     pos = inter.filter(pl.col("label") == 1)
     assert pos.height == 3 + 2 + 4 + 5 + 4 + 3  # trailing comma ignored
     assert inter.filter(pl.col("label") == 0).height == 2 * pos.height
@@ -96,19 +103,48 @@ def test_bad_sequences(tmp_path):
 
 def write_reviews(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    food = [{"reviewerID": f"U{u}", "asin": f"F{(u + k) % 5}", "overall": 5.0, "unixReviewTime": 1400000000 + k * 86400}
-            for u in range(4) for k in range(4)]
-    tools = [{"user_id": f"U{u}", "parent_asin": f"T{(u * k) % 4}", "rating": 4.0, "timestamp": 1600000000000 + k}
-             for u in range(2, 6) for k in range(3)]
+    food = [
+        {
+            "reviewerID": f"U{u}",
+            "asin": f"F{(u + k) % 5}",
+            "overall": 5.0,
+            "unixReviewTime": 1400000000 + k * 86400,
+        }
+        for u in range(4)
+        for k in range(4)
+    ]
+    tools = [
+        {"user_id": f"U{u}", "parent_asin": f"T{(u * k) % 4}", "rating": 4.0, "timestamp": 1600000000000 + k}
+        for u in range(2, 6)
+        for k in range(3)
+    ]
     (folder / "reviews_Grocery_and_Gourmet_Food_5.json").write_text("\n".join(json.dumps(r) for r in food))
     with gzip.open(folder / "Tools.jsonl.gz", "wt") as fh:
         fh.write("\n".join(json.dumps(r) for r in tools))
-    meta = [repr({"asin": f"F{i}", "title": f"Dark roast coffee {i}",
-                  "categories": [["Grocery & Gourmet Food", "Coffee"]]}) for i in range(5)]
+    meta = [
+        repr(
+            {
+                "asin": f"F{i}",
+                "title": f"Dark roast coffee {i}",
+                "categories": [["Grocery & Gourmet Food", "Coffee"]],
+            }
+        )
+        for i in range(5)
+    ]
     (folder / "meta_Grocery_and_Gourmet_Food.json").write_text("\n".join(meta))  # 2014 python-literal lines
-    (folder / "meta_Tools.jsonl").write_text("\n".join(json.dumps(
-        {"parent_asin": f"T{i}", "title": f"Hammer {i}", "main_category": "Tools", "description": ["Solid steel."]})
-        for i in range(3)))
+    (folder / "meta_Tools.jsonl").write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "parent_asin": f"T{i}",
+                    "title": f"Hammer {i}",
+                    "main_category": "Tools",
+                    "description": ["Solid steel."],
+                }
+            )
+            for i in range(3)
+        )
+    )
     return folder
 
 
@@ -117,7 +153,10 @@ def test_reviews_json_lines(tmp_path):
     assert set(ds.scenarios["scenario_id"]) == {"grocery_and_gourmet_food", "tools"}
     items = {r["item_id"]: r for r in ds.items.iter_rows(named=True)}
     assert items["F1"]["title"] == "Dark roast coffee 1"
-    assert items["F1"]["categories"] == ["Grocery & Gourmet Food", "Coffee"] and items["F1"]["item_category"] == "Coffee"
+    assert (
+        items["F1"]["categories"] == ["Grocery & Gourmet Food", "Coffee"]
+        and items["F1"]["item_category"] == "Coffee"
+    )
     assert items["T0"]["description"] == "Solid steel." and items["T0"]["categories"] == ["Tools"]
     assert items["T3"]["title"] == "T3"  # no metadata: the id stands in
     u2 = ds.interactions.filter(pl.col("user_id") == "U2")
@@ -129,10 +168,14 @@ def test_reviews_json_lines(tmp_path):
 def test_bad_reviews(tmp_path):
     folder = tmp_path / "bad"
     folder.mkdir()
-    (folder / "Food.jsonl").write_text(json.dumps({"reviewer": "U1", "asin": "F1", "unixReviewTime": 1}) + "\n")
+    (folder / "Food.jsonl").write_text(
+        json.dumps({"reviewer": "U1", "asin": "F1", "unixReviewTime": 1}) + "\n"
+    )
     with pytest.raises(DataError, match=r"Food.jsonl: missing column 'reviewerID' or 'user_id'"):
         build_dataset(_cfg(folder))
-    (folder / "Food.jsonl").write_text(json.dumps({"reviewerID": "U1", "asin": "F1", "unixReviewTime": "soon"}))
+    (folder / "Food.jsonl").write_text(
+        json.dumps({"reviewerID": "U1", "asin": "F1", "unixReviewTime": "soon"})
+    )
     with pytest.raises(DataError, match=r"column 'unixReviewTime' has value 'soon'"):
         build_dataset(_cfg(folder))
     (folder / "Food.jsonl").write_text("{not json\n")

@@ -11,8 +11,14 @@ from feature_store.dataset import load_dataset
 from llm4msr.config import DataConfig
 from pipelines.cli import main
 
-SMALL = ["--set", "data.synthetic.n_users=100", "--set", "data.synthetic.n_items=60",
-         "--set", "data.synthetic.n_interactions=2000"]
+SMALL = [
+    "--set",
+    "data.synthetic.n_users=100",
+    "--set",
+    "data.synthetic.n_items=60",
+    "--set",
+    "data.synthetic.n_interactions=2000",
+]
 
 
 def test_build_and_write_round_trip(tmp_path, small_dataset_config):
@@ -27,7 +33,10 @@ def test_build_and_write_round_trip(tmp_path, small_dataset_config):
     again = build_and_write(small_dataset_config, tmp_path / "ds2")
     for name in ("interactions", "users", "items", "scenarios", "vocabs"):
         f = [k for k in ds.manifest["files"] if k.startswith(name)][0]
-        assert json.loads((again / "manifest.json").read_text())["files"][f]["sha256"] == ds.manifest["files"][f]["sha256"]
+        assert (
+            json.loads((again / "manifest.json").read_text())["files"][f]["sha256"]
+            == ds.manifest["files"][f]["sha256"]
+        )
 
 
 def test_cli_build_and_summary(tmp_path, capsys):
@@ -37,7 +46,10 @@ def test_cli_build_and_summary(tmp_path, capsys):
     assert "rows=2,000" in printed and "grocery" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows"] == 2000 and {r["scenario_id"] for r in summary["per_scenario"]} == {
-        "grocery", "kitchen", "outdoors"}
+        "grocery",
+        "kitchen",
+        "outdoors",
+    }
     assert main(["data", "summary", str(out)]) == 0
     assert "rows=2,000" in capsys.readouterr().out
     assert pl.read_parquet(out / "interactions.parquet").height == 2000
@@ -45,8 +57,21 @@ def test_cli_build_and_summary(tmp_path, capsys):
 
 def test_cli_errors_exit_nonzero_and_write_nothing(tmp_path, capsys):
     out = tmp_path / "never"
-    assert main(["data", "build", "--dataset", "movielens", "--path", str(tmp_path / "missing"),
-                 "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "build",
+                "--dataset",
+                "movielens",
+                "--path",
+                str(tmp_path / "missing"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "missing" in err and "does not exist" in err
     assert main(["data", "build", "--out", str(out), "--set", "data.synthetic.n_userz=3"]) == 2

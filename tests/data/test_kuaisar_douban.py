@@ -15,28 +15,41 @@ from pipelines.cli import main
 
 def write_kuaisar(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    rec = ["user_id,item_id,playing_time,duration_ms,time,timestamp,click,forward,like,follow,search,search_item_related"]
-    src = ["user_id,search_session_id,search_session_time,search_session_timestamp,keyword,search_source,item_id,"
-           "click_cnt,item_type"]
+    rec = [
+        "user_id,item_id,playing_time,duration_ms,time,timestamp,click,forward,like,follow,search,search_item_related"
+    ]
+    src = [
+        "user_id,search_session_id,search_session_time,search_session_timestamp,keyword,search_source,item_id,"
+        "click_cnt,item_type"
+    ]
     for u in range(1, 5):
         for k in range(4):
             ts = 1684742000000 + u * 10_000_000 + k * 60_000
-            rec.append(f"{u},{1 + (u + k) % 3},60792.0,45400.0,2023-05-22 15:53:20,{ts:.6e},{(u + k) % 2},0,0,0,0,0")
-            src.append(f'{u},{k},2023-05-22 21:58:52,{ts + 30_000},"[20, 34, 3]",USER_INPUT,{2 + k % 2},{k % 3},VIDEO')
+            rec.append(
+                f"{u},{1 + (u + k) % 3},60792.0,45400.0,2023-05-22 15:53:20,{ts:.6e},{(u + k) % 2},0,0,0,0,0"
+            )
+            src.append(
+                f'{u},{k},2023-05-22 21:58:52,{ts + 30_000},"[20, 34, 3]",USER_INPUT,{2 + k % 2},{k % 3},VIDEO'
+            )
     src.append('4,9,2023-05-23 10:00:00,1684900000000,"[1]",USER_INPUT,103656000000,1,LIVE')
     (folder / "rec_inter.csv").write_text("\n".join(rec) + "\n")
     (folder / "src_inter.csv").write_text("\n".join(src) + "\n")
     (folder / "user_features.csv").write_text(
         "user_id,search_active_level,rec_active_level,onehot_feat1,onehot_feat2\n"
-        + "".join(f"{u},{u % 3},{(u + 1) % 3},{u % 2},{u}\n" for u in range(1, 5)))
-    head = ("item_id,caption,author_id,item_type,upload_time,upload_type,first_level_category_id,"
-            "first_level_category_name,first_level_category_name_en,second_level_category_id,"
-            "second_level_category_name,second_level_category_name_en,third_level_category_id,"
-            "third_level_category_name,third_level_category_name_en,fourth_level_category_id,"
-            "fourth_level_category_name,fourth_level_category_name_en\n")
-    rows = ['1,"[1, 213, 24]",10,NORMAL,2023-04-22,LongImport,9,搞笑,Funny,136,搞笑段子,Funny joke,0,空,empty,0,空,empty',
-            '2,"[5]",11,NORMAL,2023-04-20,ShortImport,3,美食,Food,40,家常菜,Home cooking,0,空,empty,0,空,empty',
-            '3,"[7, 8]",12,NORMAL,2023-04-21,LongImport,3,美食,Food,41,烘焙,Baking,0,空,empty,0,空,empty']
+        + "".join(f"{u},{u % 3},{(u + 1) % 3},{u % 2},{u}\n" for u in range(1, 5))
+    )
+    head = (
+        "item_id,caption,author_id,item_type,upload_time,upload_type,first_level_category_id,"
+        "first_level_category_name,first_level_category_name_en,second_level_category_id,"
+        "second_level_category_name,second_level_category_name_en,third_level_category_id,"
+        "third_level_category_name,third_level_category_name_en,fourth_level_category_id,"
+        "fourth_level_category_name,fourth_level_category_name_en\n"
+    )
+    rows = [
+        '1,"[1, 213, 24]",10,NORMAL,2023-04-22,LongImport,9,搞笑,Funny,136,搞笑段子,Funny joke,0,空,empty,0,空,empty',
+        '2,"[5]",11,NORMAL,2023-04-20,ShortImport,3,美食,Food,40,家常菜,Home cooking,0,空,empty,0,空,empty',
+        '3,"[7, 8]",12,NORMAL,2023-04-21,LongImport,3,美食,Food,41,烘焙,Baking,0,空,empty,0,空,empty',
+    ]
     (folder / "item_features.csv").write_text(head + "\n".join(rows) + "\n")
     return folder
 
@@ -70,7 +83,9 @@ def test_kuaisar_bad_inputs(tmp_path):
     lines = text.splitlines()
     lines[1] = lines[1].rsplit(",", 6)[0] + ",2,0,0,0,0,0"
     (folder / "rec_inter.csv").write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=r"rec_inter.csv: column 'click' has value 2 at data row 1, expected 0 or 1"):
+    with pytest.raises(
+        DataError, match=r"rec_inter.csv: column 'click' has value 2 at data row 1, expected 0 or 1"
+    ):
         build_dataset(_cfg("kuaisar", folder))
     (folder / "rec_inter.csv").write_text(text)
     feats = (folder / "user_features.csv").read_text()
@@ -89,7 +104,12 @@ def write_douban(path: Path, rows: list[str], header: str = "domain,user_id,item
 
 
 def test_douban(tmp_path):
-    rows = [f"{d},u{u},{i},{(u + i) % 2}" for d in ("book", "movie", "music") for u in range(20) for i in range(10)]
+    rows = [
+        f"{d},u{u},{i},{(u + i) % 2}"
+        for d in ("book", "movie", "music")
+        for u in range(20)
+        for i in range(10)
+    ]
     path = write_douban(tmp_path / "douban" / "douban.csv", rows)
     ds = build_dataset(_cfg("douban", path.parent, seed=3))
     assert ds.scenarios["name"].to_list() == ["Books", "Movies", "Music"]
@@ -105,7 +125,9 @@ def test_douban(tmp_path):
 def test_douban_bad_inputs(tmp_path):
     path = tmp_path / "d.csv"
     write_douban(path, ["book,u1,1,1", "film,u1,2,0"])
-    with pytest.raises(DataError, match=r"d.csv: column 'domain' has value 'film', which is not a known scenario id"):
+    with pytest.raises(
+        DataError, match=r"d.csv: column 'domain' has value 'film', which is not a known scenario id"
+    ):
         build_dataset(_cfg("douban", path))
     write_douban(path, ["book,u1,1,1", "book,u1,2,5"])
     with pytest.raises(DataError, match=r"d.csv: column 'label' has value 5 at data row 2, expected 0 or 1"):

@@ -25,8 +25,11 @@ def write_grouplens(folder: Path) -> Path:
     action, comedy = flags.copy(), flags.copy()
     action[1], comedy[5], comedy[14] = "1", "1", "1"
     (folder / "u.item").write_bytes(
-        ("1|Toy Story (1995)|01-Jan-1995||http://x|" + "|".join(comedy) + "\n"
-         "2|Caf\xe9 Noir (1996)|01-Jan-1996||http://y|" + "|".join(action) + "\n").encode("latin-1"))
+        (
+            "1|Toy Story (1995)|01-Jan-1995||http://x|" + "|".join(comedy) + "\n"
+            "2|Caf\xe9 Noir (1996)|01-Jan-1996||http://y|" + "|".join(action) + "\n"
+        ).encode("latin-1")
+    )
     (folder / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n3|30|M|writer|32067\n")
     rows = []
     for u in (1, 2, 3):
@@ -38,9 +41,13 @@ def write_grouplens(folder: Path) -> Path:
 
 def write_ml1m(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "movies.dat").write_text("1::Toy Story (1995)::Animation|Children's|Comedy\n2::Heat (1995)::Action|Crime\n")
+    (folder / "movies.dat").write_text(
+        "1::Toy Story (1995)::Animation|Children's|Comedy\n2::Heat (1995)::Action|Crime\n"
+    )
     (folder / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::15::55117\n")
-    rows = [f"{u}::{1 + k % 2}::{4 if k % 2 else 3}::{978300000 + 10 * k}" for u in (1, 2, 3) for k in range(5)]
+    rows = [
+        f"{u}::{1 + k % 2}::{4 if k % 2 else 3}::{978300000 + 10 * k}" for u in (1, 2, 3) for k in range(5)
+    ]
     (folder / "ratings.dat").write_text("\n".join(rows) + "\n")
     return folder
 
@@ -51,7 +58,11 @@ def test_recbole_ml100k_real_files():
     assert ds.interactions.height == 100_000
     assert ds.users.height == 943 and ds.items.height == 1682
     per = dict(ds.interactions.group_by("scenario_id").len().iter_rows())
-    assert per == {"age_0_24": per["age_0_24"], "age_25_34": per["age_25_34"], "age_35_plus": per["age_35_plus"]}
+    assert per == {
+        "age_0_24": per["age_0_24"],
+        "age_25_34": per["age_25_34"],
+        "age_35_plus": per["age_35_plus"],
+    }
     assert 26_000 < per["age_0_24"] < 27_200 and 35_000 < per["age_25_34"] < 36_000
     assert ds.interactions["label"].cast(pl.Float64).mean() == pytest.approx(0.5536, abs=1e-3)  # rating >= 4
     toy = ds.items.filter(pl.col("item_id") == "1").row(0, named=True)
@@ -112,7 +123,9 @@ def test_bad_movielens_inputs(tmp_path):
 def test_recbole_misspelled_column(tmp_path):
     folder = tmp_path / "rb"
     folder.mkdir()
-    (folder / "x.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t1\t4\t100\n")
+    (folder / "x.inter").write_text(
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t1\t4\t100\n"
+    )
     (folder / "x.item").write_text("item_id:token\tmovie_titel:token_seq\tclass:token_seq\n1\tA\tDrama\n")
     (folder / "x.user").write_text("user_id:token\tage:token\tgender:token\toccupation:token\n1\t20\tM\tx\n")
     with pytest.raises(DataError, match=r"x.item: missing column 'movie_title'.*did you mean 'movie_titel'"):

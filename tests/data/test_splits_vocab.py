@@ -12,8 +12,17 @@ from llm4msr.config import SplitConfig
 
 
 def _inter(rows: list[tuple[str, str, str, int, int]]) -> pl.DataFrame:
-    return pl.DataFrame(rows, schema={"user_id": pl.String, "item_id": pl.String, "scenario_id": pl.String,
-                                      "label": pl.Int8, "timestamp": pl.Int64}, orient="row")
+    return pl.DataFrame(
+        rows,
+        schema={
+            "user_id": pl.String,
+            "item_id": pl.String,
+            "scenario_id": pl.String,
+            "label": pl.Int8,
+            "timestamp": pl.Int64,
+        },
+        orient="row",
+    )
 
 
 def _user_rows(uid: str, n: int, scen: str = "a", start: int = 100) -> list:
@@ -72,12 +81,19 @@ def test_random_split_is_seeded_and_used_without_timestamps():
 
 
 def test_vocabs_fit_on_train_only_with_zero_for_unknown():
-    rows = _user_rows("u1", 5) + _user_rows("u2", 5) + [("u3", "i0", "a", 1, 400), ("u3", "only_test", "a", 1, 500),
-                                                        ("u4", "only_u4", "a", 0, 600)]
+    rows = (
+        _user_rows("u1", 5)
+        + _user_rows("u2", 5)
+        + [("u3", "i0", "a", 1, 400), ("u3", "only_test", "a", 1, 500), ("u4", "only_u4", "a", 0, 600)]
+    )
     df = assign_splits(_inter(rows), SplitConfig(n_valid=0, n_test=1), seed=0)
     users = pl.DataFrame({"user_id": ["u1", "u2", "u3", "u4"], "g": ["x", "y", "x", "w"]})
-    items = pl.DataFrame({"item_id": [f"i{k}" for k in range(5)] + ["only_test", "only_u4"],
-                          "item_category": ["c1"] * 4 + ["c2", "c9", "c3"]})
+    items = pl.DataFrame(
+        {
+            "item_id": [f"i{k}" for k in range(5)] + ["only_test", "only_u4"],
+            "item_category": ["c1"] * 4 + ["c2", "c9", "c3"],
+        }
+    )
     v = fit_vocabs(df, users, items)
     assert "i4" not in v["item_id"] and "only_test" not in v["item_id"]  # held out by both users
     assert "only_u4" in v["item_id"]  # u4 has a single row: kept in train

@@ -34,8 +34,9 @@ def test_shape_text_and_scenarios():
     for title, cat in raw.items.select("title", "item_category").iter_rows():
         assert title.endswith(cat), (title, cat)
     assert raw.items["categories"].list.len().min() == 2
-    coffee = raw.items.filter(pl.col("item_category").is_in(["coffee beans", "espresso maker",
-                                                               "insulated coffee thermos"]))
+    coffee = raw.items.filter(
+        pl.col("item_category").is_in(["coffee beans", "espresso maker", "insulated coffee thermos"])
+    )
     assert coffee.height > 0
     # Every item belongs to exactly one scenario: its interactions all carry that scenario.
     per_item = raw.interactions.group_by("item_id").agg(pl.col("scenario_id").n_unique())
@@ -55,7 +56,8 @@ def test_positive_rate_skew_and_timestamps():
     users_multi = inter.group_by("user_id").agg(pl.col("scenario_id").n_unique())
     assert (users_multi["scenario_id"] >= 2).mean() > 0.7  # most users act in several scenarios
     ordered = inter.group_by("user_id", maintain_order=True).agg(
-        ok=(pl.col("timestamp").diff().drop_nulls() > 0).all())
+        ok=(pl.col("timestamp").diff().drop_nulls() > 0).all()
+    )
     assert ordered["ok"].all()
 
 
@@ -64,10 +66,16 @@ def _taste_from_other_scenarios(raw, personas: pl.DataFrame) -> tuple[float, flo
     cats = synthetic.category_names(3, 12)
     cat_to_k = {name: k for row in cats for k, name in enumerate(row)}
     df = raw.interactions.join(raw.items.select("item_id", "item_category"), on="item_id").with_columns(
-        k=pl.col("item_category").replace_strict(cat_to_k, return_dtype=pl.Int64))
+        k=pl.col("item_category").replace_strict(cat_to_k, return_dtype=pl.Int64)
+    )
     pos = df.filter((pl.col("label") == 1) & (pl.col("scenario_id") != "outdoors"))
-    guess = pos.group_by("user_id", "k").len().sort(["user_id", "len", "k"], descending=[False, True, False]) \
-        .group_by("user_id", maintain_order=True).first()
+    guess = (
+        pos.group_by("user_id", "k")
+        .len()
+        .sort(["user_id", "len", "k"], descending=[False, True, False])
+        .group_by("user_id", maintain_order=True)
+        .first()
+    )
     joined = guess.join(personas, on="user_id")
     return float((joined["k"] == joined["persona"]).mean()), 1.0 / 12
 
@@ -80,9 +88,14 @@ def test_taste_carries_across_scenarios_and_taste_strength_controls_it():
     # The matched category in a held-out scenario has a much higher CTR than the rest.
     raw = synthetic.load(cfg)
     cats = synthetic.category_names(3, 12)
-    pref = personas.with_columns(pref=pl.col("persona").map_elements(lambda k: cats[2][k], return_dtype=pl.String))
-    out = raw.interactions.filter(pl.col("scenario_id") == "outdoors").join(
-        raw.items.select("item_id", "item_category"), on="item_id").join(pref, on="user_id")
+    pref = personas.with_columns(
+        pref=pl.col("persona").map_elements(lambda k: cats[2][k], return_dtype=pl.String)
+    )
+    out = (
+        raw.interactions.filter(pl.col("scenario_id") == "outdoors")
+        .join(raw.items.select("item_id", "item_category"), on="item_id")
+        .join(pref, on="user_id")
+    )
     ctr = out.group_by(match=pl.col("item_category") == pl.col("pref")).agg(pl.col("label").mean())
     ctr = dict(ctr.iter_rows())
     assert ctr[True] > ctr[False] + 0.25

@@ -35,8 +35,8 @@ def cfg(tiny_decoder_dir: Path) -> KnowledgeConfig:
         model=str(tiny_decoder_dir),
         num_shards=4,
         batch_size=64,
-        max_prompt_tokens=128,
-        max_history_per_scenario=5,
+        max_prompt_tokens=384,
+        max_history_per_scenario=3,
     )
 
 
@@ -163,7 +163,7 @@ def test_bad_datasets(tmp_path: Path, cfg: KnowledgeConfig):
     with pytest.raises(KnowledgeError, match="no user has training interactions"):
         build_knowledge(no_train, tmp_path / "snap", cfg)
     long = write_tiny(tmp_path / "long", scenario_description="word " * 400)
-    with pytest.raises(KnowledgeError, match=r"scenario 's1': prompt has \d+ tokens, over the budget of 128"):
+    with pytest.raises(KnowledgeError, match=r"scenario 's1': prompt has \d+ tokens, over the budget of 384"):
         build_knowledge(long, tmp_path / "snap", cfg)
     assert OfflineStore(tmp_path / "snap").current_id() is None
 

@@ -76,6 +76,7 @@ def test_interrupted_run_never_exposes_a_partial_version(
     assert _pointers(cfg) == (old, old, [old])
     work = list((tmp_path / "knowledge" / ".work").iterdir())
     assert len(work) == 1 and (work[0] / "shard-00000.parquet").is_file()
+    assert not (work[0] / "shard-00001.parquet").exists()
 
     monkeypatch.delenv(FAIL_SHARD_ENV)
     report = nightly_knowledge(config=str(cfg), full=True)
@@ -102,7 +103,7 @@ def test_feature_refresh_reencodes_only_changed_users(
     # a new training interaction lands for one user (before their cutoff, so their prompt changes)
     ds = load_dataset(tiny_data_dir)
     train = ds.interactions.filter(pl.col("split") == "train").sort("user_id", "timestamp")
-    row = train.head(1)
+    row = train.filter(pl.col("user_id") == train["user_id"][0]).tail(1)  # their latest training row
     user = row["user_id"][0]
     seen = set(ds.interactions.filter(pl.col("user_id") == user)["item_id"].to_list())
     new_item = next(i for i in ds.items["item_id"].to_list() if i not in seen)

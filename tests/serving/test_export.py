@@ -32,17 +32,30 @@ def tiny_source(ds, backbone: str, use_llm: bool, model: torch.nn.Module | None 
     spec = build_spec(ds, DIM if use_llm else 0)
     torch.manual_seed(0)
     if model is None:
-        cfg = TrainConfig(backbone=backbone, use_llm=use_llm, hidden_dims=[16, 8], embedding_dim=4,
-                          meta={"knowledge_proj_dim": 8, "rank": 2})
+        cfg = TrainConfig(
+            backbone=backbone,
+            use_llm=use_llm,
+            hidden_dims=[16, 8],
+            embedding_dim=4,
+            meta={"knowledge_proj_dim": 8, "rank": 2},
+        )
         model = build_model(spec, cfg)
         # Random-init models sit near 0.5; widen the scores so parity is a real test.
         with torch.no_grad():
             for p in model.parameters():
                 p.mul_(3.0)
     users, items = E.lookups_from_spec(spec, ds.users, ds.items)
-    return E.ExportSource(model=model.eval(), layout=E.layout_from_spec(spec), vocabs=spec.vocabs, users=users,
-                          items=items, knowledge_dim=spec.knowledge_dim, use_llm=use_llm,
-                          knowledge={"family": "fam", "snapshot_id": "snap"}, scenarios=spec.scenario_ids())
+    return E.ExportSource(
+        model=model.eval(),
+        layout=E.layout_from_spec(spec),
+        vocabs=spec.vocabs,
+        users=users,
+        items=items,
+        knowledge_dim=spec.knowledge_dim,
+        use_llm=use_llm,
+        knowledge={"family": "fam", "snapshot_id": "snap"},
+        scenarios=spec.scenario_ids(),
+    )
 
 
 @pytest.mark.slow
@@ -55,7 +68,11 @@ def test_every_model_exports_with_parity(tiny_ds, tmp_path: Path, backbone: str,
     assert report.parity["passed"] and report.parity["max_abs_diff"] <= 1e-5
     seen = {(c["batch"], c["scenarios"], c["fallback"]) for c in report.parity["cases"]}
     for b in (1, 2, 7, 512):
-        assert (b, "single", "none" if b == 1 else "some") in seen and (b, "mixed", "all" if b == 1 else "some") in seen
+        assert (b, "single", "none" if b == 1 else "some") in seen and (
+            b,
+            "mixed",
+            "all" if b == 1 else "some",
+        ) in seen
     assert (512, "mixed", "all") in seen
     assert [p.name for p in (tmp_path / "m").iterdir() if p.name.startswith("model.onnx")] == ["model.onnx"]
 
@@ -71,7 +88,9 @@ def test_every_model_exports_with_parity(tiny_ds, tmp_path: Path, backbone: str,
     # Knowledge really matters for LLM4MSR models: with vs without user knowledge differ.
     if use_llm:
         x = E.make_inputs(src, 64, mixed=True, fallback="none", seed=5)
-        x_fb = dict(x, user_has_knowledge=np.zeros(64, np.float32), user_knowledge=np.zeros_like(x["user_knowledge"]))
+        x_fb = dict(
+            x, user_has_knowledge=np.zeros(64, np.float32), user_knowledge=np.zeros_like(x["user_knowledge"])
+        )
         assert np.abs(E.onnx_scores(sess, x) - E.onnx_scores(sess, x_fb)).max() > 1e-4
 
 
@@ -137,7 +156,8 @@ def test_trained_run_manifest(trained) -> None:  # noqa: ANN001
     assert m["knowledge"]["snapshot_id"] == run["knowledge"]["snapshot_id"]
     assert m["training_run"]["path"] == str(trained.run_dir.resolve())
     assert m["metrics"]["final"]["overall"]["auc"] == pytest.approx(
-        json.loads((trained.run_dir / "metrics.json").read_text())["final"]["overall"]["auc"])
+        json.loads((trained.run_dir / "metrics.json").read_text())["final"]["overall"]["auc"]
+    )
     assert m["layout"]["scenario_feature"] == "scenario_id" and m["scenarios"] == ["s0", "s1", "s2"]
     assert m["lookups"]["users"]["rows"] == 60 and m["lookups"]["items"]["rows"] == 40
     for kind in ("float16", "int8"):
@@ -155,7 +175,9 @@ def test_trained_run_manifest(trained) -> None:  # noqa: ANN001
 
     spec = FeatureSpec.load(trained.run_dir)
     expected = spec.encode_rows(rows, ds.users, ds.items)
-    got = art.assembler.build_rows(rows["user_id"].to_list(), rows["scenario_id"].to_list(), rows["item_id"].to_list())
+    got = art.assembler.build_rows(
+        rows["user_id"].to_list(), rows["scenario_id"].to_list(), rows["item_id"].to_list()
+    )
     np.testing.assert_array_equal(got, expected)
 
 

@@ -22,6 +22,8 @@ from ranker.serving.runtime import Ranker
 from tests.fixtures.redis_server import free_port
 from tests.serving.conftest import env_without_token, serve_cfg, store_cfg
 
+LLM4MSR = str(Path(sys.executable).parent / "llm4msr")  # the installed console script
+
 
 @pytest.fixture
 def local_ranker(trained, tmp_path: Path) -> Ranker:  # noqa: ANN001
@@ -48,7 +50,11 @@ def test_score_and_validation(local_ranker: Ranker) -> None:
         ({"user_id": "u1", "scenario_id": "s0", "item_ids": "i1"}, 422, "item_ids"),
         ({"user_id": "u1", "scenario_id": "s0", "item_ids": [None]}, 422, "item_ids.0"),
         ({"user_id": "u1", "scenario_id": "s0", "item_ids": ["i1"], "extra": 1}, 422, "extra"),
-        ({"user_id": "u1", "scenario_id": "s0", "item_ids": ["i1"], "features": {"x": [1]}}, 422, "features.x"),
+        (
+            {"user_id": "u1", "scenario_id": "s0", "item_ids": ["i1"], "features": {"x": [1]}},
+            422,
+            "features.x",
+        ),
     ]
     for payload, status, text in bad:
         r = client.post("/score", json=payload)
@@ -58,7 +64,10 @@ def test_score_and_validation(local_ranker: Ranker) -> None:
         r = client.post("/score", content=raw, headers={"content-type": "application/json"})
         assert 400 <= r.status_code < 500, (raw, r.status_code, r.text)
         assert r.json()["error"]
-    assert client.post("/score", content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
+    assert (
+        client.post("/score", content=b"{not json", headers={"content-type": "application/json"}).status_code
+        == 400
+    )
 
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
@@ -85,7 +94,9 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+            raise AssertionError(
+                f"server exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}"
+            )
         try:
             if httpx.get(url, timeout=0.5).status_code == 200:
                 return
@@ -100,8 +111,18 @@ def test_real_server_process(trained, redis_server, tmp_path: Path) -> None:  # 
     materialize(trained.snapshot_dir, redis_server.url, store_cfg())
     port = free_port()
     env = env_without_token() | {"LLM4MSR_SERVE_TOKEN": "tok"}
-    cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--model", str(trained.model_dir), "--store",
-           redis_server.url, "--port", str(port), "--set", "store.value_dtype=float32"]
+    cmd = [
+        LLM4MSR,
+        "serve",
+        "--model",
+        str(trained.model_dir),
+        "--store",
+        redis_server.url,
+        "--port",
+        str(port),
+        "--set",
+        "store.value_dtype=float32",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -112,7 +133,9 @@ def test_real_server_process(trained, redis_server, tmp_path: Path) -> None:  # 
         r = httpx.post(base + "/score", json=payload, headers={"Authorization": "Bearer tok"})
         assert r.status_code == 200 and r.json()["fallback"] is None
         local = Ranker(trained.model_dir, open_store(redis_server.url, store_cfg()), serve_cfg())
-        np.testing.assert_allclose(r.json()["scores"], local.score("u10", "s2", ["i1", "i5", "i9"]), atol=1e-6)
+        np.testing.assert_allclose(
+            r.json()["scores"], local.score("u10", "s2", ["i1", "i5", "i9"]), atol=1e-6
+        )
         redis_server.stop()  # Redis gone: still 200, with fallback; readiness drops
         r = httpx.post(base + "/score", json=payload, headers={"Authorization": "Bearer tok"}, timeout=10)
         assert r.status_code == 200 and r.json()["fallback"] == "store_error"
@@ -128,8 +151,7 @@ def test_serve_refuses_bad_model_before_binding(trained, tmp_path: Path) -> None
     bad.mkdir()
     (bad / "manifest.json").write_text("{}")
     port = free_port()
-    cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--model", str(bad), "--store", str(tmp_path / "s"),
-           "--port", str(port)]
+    cmd = [LLM4MSR, "serve", "--model", str(bad), "--store", str(tmp_path / "s"), "--port", str(port)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env_without_token())
     assert out.returncode == 2
     assert "manifest.json: format_version None, expected 1" in out.stderr

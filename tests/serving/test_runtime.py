@@ -35,13 +35,15 @@ def test_online_scores_equal_offline_predictions(trained, redis_server) -> None:
     pred = pl.read_parquet(trained.run_dir / "predictions.parquet")
     test = pred.filter(pl.col("source") == "test")
     # All users without knowledge (u0..u4, fallback) plus a seeded sample of the others.
-    sample = pl.concat([test.filter(pl.col("user_id").is_in(["u0", "u1", "u2", "u3", "u4"])),
-                        test.sample(n=40, seed=0)]).unique(maintain_order=True)
+    sample = pl.concat(
+        [test.filter(pl.col("user_id").is_in(["u0", "u1", "u2", "u3", "u4"])), test.sample(n=40, seed=0)]
+    ).unique(maintain_order=True)
     assert sample.height >= 40
     for (user, scen), grp in sample.group_by(["user_id", "scenario_id"], maintain_order=True):
         res = ranker.score_detailed(user, scen, grp["item_id"].to_list())
-        np.testing.assert_allclose(res.scores, grp["score"].to_numpy(), atol=1e-5, rtol=0,
-                                   err_msg=f"user {user} scenario {scen}")
+        np.testing.assert_allclose(
+            res.scores, grp["score"].to_numpy(), atol=1e-5, rtol=0, err_msg=f"user {user} scenario {scen}"
+        )
         assert (res.fallback == "missing") == (user in {"u0", "u1", "u2", "u3", "u4"})
     assert metric(ranker, "llm4msr_knowledge_fallback_total", {"reason": "missing"}) >= 1
     assert metric(ranker, "llm4msr_store_errors_total") == 0
@@ -100,10 +102,12 @@ def test_version_change_reloads_scenario_knowledge(trained, redis_server, tmp_pa
     uids, uvec = snap.vectors_of("user")
     sids, svec = snap.vectors_of("scenario")
     art = ranker.artifact
-    x = {"sparse_ids": art.assembler.build("u10", "s1", ["i1", "i2"]),
-         "user_knowledge": np.repeat(uvec[uids.index("u10")][None], 2, 0),
-         "user_has_knowledge": np.ones(2, np.float32),
-         "scenario_knowledge": np.repeat(svec[sids.index("s1")][None], 2, 0)}
+    x = {
+        "sparse_ids": art.assembler.build("u10", "s1", ["i1", "i2"]),
+        "user_knowledge": np.repeat(uvec[uids.index("u10")][None], 2, 0),
+        "user_has_knowledge": np.ones(2, np.float32),
+        "scenario_knowledge": np.repeat(svec[sids.index("s1")][None], 2, 0),
+    }
     np.testing.assert_allclose(second.scores, ranker.session.run(None, x)[0], atol=1e-6)
     ranker.close()
 
@@ -114,16 +118,24 @@ def test_knowledge_mismatch_refused_or_fallback(trained, tmp_path: Path) -> None
     materialize(OfflineStore(root).current_path(), url, store_cfg())
     with pytest.raises(KnowledgeMismatchError, match=r"dimension 16 != 8.*refusing to serve"):
         Ranker(trained.model_dir, open_store(url, store_cfg()), serve_cfg())
-    ranker = Ranker(trained.model_dir, open_store(url, store_cfg()), serve_cfg(on_knowledge_mismatch="fallback"))
+    ranker = Ranker(
+        trained.model_dir, open_store(url, store_cfg()), serve_cfg(on_knowledge_mismatch="fallback")
+    )
     res = ranker.score_detailed("u10", "s0", ["i1", "i2"])
     assert res.fallback == "mismatch"
     ok, details = ranker.readiness()
-    assert ok and details["knowledge"] == "fallback only (configured)" and "dimension 16 != 8" in details["problem"]
+    assert (
+        ok
+        and details["knowledge"] == "fallback only (configured)"
+        and "dimension 16 != 8" in details["problem"]
+    )
     ranker.close()
 
 
 def test_request_validation_and_no_version(trained, tmp_path: Path) -> None:  # noqa: ANN001
-    ranker = Ranker(trained.model_dir, open_store(str(tmp_path / "empty"), store_cfg()), serve_cfg(max_candidates=5))
+    ranker = Ranker(
+        trained.model_dir, open_store(str(tmp_path / "empty"), store_cfg()), serve_cfg(max_candidates=5)
+    )
     with pytest.raises(ScoringRequestError, match="unknown scenario_id 'nope'"):
         ranker.score("u1", "nope", ["i1"])
     with pytest.raises(ScoringRequestError, match="empty"):
@@ -174,7 +186,12 @@ def test_serving_imports_no_llm_code() -> None:
         " 'torch', 'sentence_transformers'))\n"
         "print(bad)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", f"serving path imported: {out.stdout.strip()[:500]}"

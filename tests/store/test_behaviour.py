@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from feature_store.materialize import materialize
-from feature_store.online import StoreError, open_store
+from feature_store.online import EntityBatch, StoreError, open_store
 from feature_store.online.codec import Layout, encode, split_records
 from llm4msr.config import StoreConfig
 
@@ -24,9 +24,13 @@ def expected(rows, ids: list[str]) -> np.ndarray:  # noqa: ANN001
 def put_raw(url: str, cfg: StoreConfig, version: str, kind: str, entity_id: str, value: bytes) -> None:
     """Overwrite one stored value in place, behind the store's back (corruption injection)."""
     if url.startswith("redis://"):
-        import redis
+        from feature_store.online.redis_store import RedisStore, value_location
 
-        redis.Redis.from_url(url).set(f"{cfg.namespace}:v:{version}:{kind}:{entity_id}", value)
+        store = RedisStore(url, cfg)
+        key, fld = value_location(cfg.namespace, version, kind, entity_id, store.buckets(version))
+        assert store._w.hexists(key, fld), "corruption must replace an existing value"
+        store._w.hset(key, fld, value)
+        store.close()
         return
     d = Path(url) / "versions" / version
     ids = np.load(d / f"{kind}.ids.npy")
@@ -189,3 +193,45 @@ def test_bad_names_and_unknown_version(store_url: str) -> None:
         store.set_current("nope")
     with pytest.raises(ValueError, match="version 'a:b' is not valid"):
         store.write_version("a:b", knowledge_family="f", snapshot_id="a:b", entities={})
+
+
+def test_redis_buckets_expiry_and_count_verification(redis_server, snapshot_factory) -> None:  # noqa: ANN001
+    """Redis-only layout checks: many hash buckets per kind, O(buckets) expire/persist on switch and
+    rollback, and verification that notices a missing value."""
+    from feature_store.online.redis_store import RedisStore, bucket_of
+
+    cfg = StoreConfig(write_chunk=9, pointer_cache_ms=0, redis_bucket_fields=7, old_version_ttl_seconds=3600)
+    snap1, rows1 = snapshot_factory("v1", n_users=60, seed=1)
+    snap2, rows2 = snapshot_factory("v2", n_users=60, seed=2)
+    store = RedisStore(redis_server.url, cfg)
+    materialize(snap1, store, cfg)
+    assert store.buckets("v1") == 9  # ceil(60 / 7)
+    client = redis_server.client()
+    keys = sorted(k.decode() for k in client.keys(f"{cfg.namespace}:h:v1:*"))
+    assert len([k for k in keys if ":user:" in k]) == 9  # one bucket count per version, for every kind
+    assert 1 <= len([k for k in keys if ":scenario:" in k]) <= 3
+    ids = [f"u{i:05d}" for i in range(60)]
+    assert sum(client.hlen(f"{cfg.namespace}:h:v1:user:{b}") for b in range(9)) == 60
+    b = bucket_of(ids, 9)
+    assert len(set(b.tolist())) > 1
+    assert client.hexists(f"{cfg.namespace}:h:v1:user:{int(b[5])}", ids[5])
+    shuffled = ids[::-1] + ["ghost"]
+    r = store.read("user", shuffled)
+    assert r.found.tolist() == [True] * 60 + [False] and r.n_missing == 1
+    np.testing.assert_array_equal(r.vectors[:60], expected(rows1, shuffled[:60]))
+
+    materialize(snap2, store, cfg)
+    assert all(0 < client.ttl(k) <= 3600 + 60 for k in keys)  # retired v1: every bucket expires
+    assert client.ttl(f"{cfg.namespace}:meta:v1") <= 3600
+    assert all(client.ttl(k) == -1 for k in client.keys(f"{cfg.namespace}:h:v2:*"))
+    assert store.rollback() == "v1"
+    assert all(client.ttl(k) == -1 for k in keys + [f"{cfg.namespace}:meta:v1"])  # kept again
+    np.testing.assert_array_equal(store.read("user", ids).vectors, expected(rows1, ids))
+
+    client.hdel(f"{cfg.namespace}:h:v2:user:{int(b[7])}", ids[7])  # a value lost behind our back
+    entities = {"user": EntityBatch(np.asarray(ids), rows2.vectors[3:], np.zeros(60, dtype=np.int64))}
+    with pytest.raises(StoreError, match=r"kind 'user': 59 values stored, metadata says 60"):
+        store.verify_version("v2", entities, sample=0)
+    store.drop_version("v2")
+    assert not client.keys(f"{cfg.namespace}:h:v2:*") and store.version_info("v2") is None
+    store.close()

@@ -1,0 +1,62 @@
+"""Training flow: registers a model (ONNX + manifest, parity-checked), refuses a worse one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.flows.registry import ModelRegistry, RegistryError, decide
+from tests.pipelines.conftest import write_flow_config
+
+
+def test_decide_rule() -> None:
+    assert decide(0.70, None, None, 0.002).accept
+    assert decide(0.699, 0.70, "m1", 0.002).accept
+    refused = decide(0.69, 0.70, "m1", 0.002)
+    assert not refused.accept and "m1" in refused.reason and "0.0100 below" in refused.reason
+    assert not decide(float("nan"), 0.70, "m1", 0.002).accept
+
+
+def test_registry_versions_and_rollback(tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "manifest.json").write_text("{}")
+    (export / "model.onnx").write_bytes(b"x")
+    reg = ModelRegistry(tmp_path / "registry")
+    a = reg.register(export, {"valid_auc": 0.7}, model_id="m1")
+    b = reg.register(export, {"valid_auc": 0.71}, model_id="m2")
+    assert reg.current_id() == b and reg.entry(a)["valid_auc"] == 0.7
+    assert reg.rollback() == a and reg.current_id() == a
+    with pytest.raises(RegistryError, match="no manifest.json"):
+        reg.register(tmp_path, {})
+    assert not list((tmp_path / "registry" / "versions").glob(".*"))  # no temp folder left behind
+
+
+def test_train_flow_registers_then_refuses_a_worse_model(
+    nightly_run: dict, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from pipelines.flows.train import train_flow
+
+    shutil.copytree(nightly_run["root"] / "knowledge", tmp_path / "knowledge")
+    cfg = write_flow_config(tmp_path, tiny_data_dir, train={"lr": 0.01, "epochs": 3, "patience": 3})
+    first = train_flow(config=str(cfg))
+    assert first["registered"] is True, first["reason"]
+    reg = ModelRegistry(tmp_path / "registry")
+    mid = first["registry"]["model_id"]
+    assert reg.current_id() == mid
+    folder = reg.path_of(mid)
+    assert (folder / "model.onnx").is_file() and (folder / "manifest.json").is_file()
+    entry = reg.entry(mid)
+    assert entry["knowledge_snapshot_id"] == nightly_run["report"]["snapshot_id"]
+    assert entry["valid_auc"] == first["evaluation"]["valid_auc"] > 0.5
+    assert set(first["timings"]) == {"data", "knowledge", "train", "evaluate", "export", "register"}
+
+    # a deliberately crippled config (the model barely moves from its random init) is refused
+    worse = train_flow(config=str(cfg), overrides=["train.lr=1e-9", "train.epochs=1"])
+    assert worse["registered"] is False
+    assert worse["evaluation"]["valid_auc"] < first["evaluation"]["valid_auc"] - 0.002
+    assert "below the current model" in worse["reason"] and mid in worse["reason"]
+    assert reg.current_id() == mid and reg.list_versions() == [mid]
