@@ -115,7 +115,7 @@ class StoreConfig(Section):
     namespace: str = "llm4msr"
     password_env: str = "LLM4MSR_REDIS_PASSWORD"  # read from the environment, never from files
     value_dtype: Literal["float16", "float32"] = "float16"
-    write_chunk: int = Field(2000, ge=1)  # entities per write transaction (and resume granularity)
+    write_chunk: int = Field(10_000, ge=1)  # entities per write transaction (and resume granularity)
     timeout_ms: int = Field(200, ge=1)  # read path: socket connect/read timeout
     write_timeout_ms: int = Field(10_000, ge=1)  # bulk writes (materialization, pointer switch)
     pointer_cache_ms: int = Field(1000, ge=0)  # readers re-read the current-version pointer at most this often

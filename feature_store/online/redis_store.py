@@ -53,14 +53,28 @@ SCAN_COUNT = 5000
 def bucket_of(entity_ids: Sequence[str], buckets: int) -> np.ndarray:
     """Bucket index (int64) of each id: crc32 of its UTF-8 bytes modulo `buckets` (stable across
     processes and languages, unlike Python's hash())."""
-    crc = zlib.crc32
-    return np.fromiter((crc(s.encode()) for s in entity_ids), dtype=np.int64, count=len(entity_ids)) % buckets
+    crcs = map(zlib.crc32, map(str.encode, entity_ids))
+    return np.fromiter(crcs, dtype=np.int64, count=len(entity_ids)) % buckets
 
 
 def value_location(namespace: str, version: str, kind: str, entity_id: str, buckets: int) -> tuple[str, str]:
     """(hash key, field) holding one entity's value; for tools and tests that touch values directly."""
     b = int(bucket_of([entity_id], buckets)[0])
     return f"{namespace}:h:{version}:{kind}:{b}", entity_id
+
+
+def _packer() -> Callable[[tuple[Any, ...]], bytes]:
+    """RESP encoder of one command: hiredis' (C) when installed, redis-py's otherwise."""
+    try:
+        import hiredis
+
+        return hiredis.pack_command
+    except ImportError:  # pragma: no cover - hiredis is a pinned dependency
+        from redis._parsers.encoders import Encoder
+        from redis.connection import PythonRespSerializer
+
+        ser = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
+        return lambda args: b"".join(bytes(p) for p in ser.pack(*args))
 
 
 class RedisStore(OnlineStore):
@@ -96,6 +110,7 @@ class RedisStore(OnlineStore):
             f"{ns}:versions",
         )
         self._buckets: dict[str, int] = {}  # version -> bucket count (immutable once written)
+        self._pack = _packer()
 
     # ------------------------------------------------------------------ helpers
     def _meta_key(self, version: str) -> str:
@@ -200,7 +215,7 @@ class RedisStore(OnlineStore):
         prefix = self._bucket_prefix(version.version, kind)
         nb = self.buckets(version.version)
         if nb == 1:
-            return self._r.hmget(prefix + "0", fields)
+            return self._roundtrip([self._pack(("HMGET", prefix + "0", *fields))])[0]
         # group by bucket: one HMGET per bucket touched, one round trip, then back to request order
         bucket = bucket_of(fields, nb)
         order = np.argsort(bucket, kind="stable")
@@ -210,11 +225,12 @@ class RedisStore(OnlineStore):
         ends = [*bounds.tolist(), len(fields)]
         order_l = order.tolist()
         in_order = [fields[i] for i in order_l]
-        pipe = self._r.pipeline(transaction=False)
-        for a, b in zip(starts, ends, strict=True):
-            pipe.hmget(prefix + str(int(sorted_b[a])), in_order[a:b])
+        packed = [
+            self._pack(("HMGET", prefix + str(int(sorted_b[a])), *in_order[a:b]))
+            for a, b in zip(starts, ends, strict=True)
+        ]
         got: list[bytes | None] = []
-        for part in pipe.execute():
+        for part in self._roundtrip(packed):
             got += part
         out: list[bytes | None] = [None] * len(fields)
         for i, v in zip(order_l, got, strict=True):
@@ -266,26 +282,63 @@ class RedisStore(OnlineStore):
             groups = [
                 (int(sorted_b[a]), ids_o[a:b], vals_o[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)
             ]
-        commands = []
+        # Packed here (hiredis, in C) rather than through redis-py's pipeline, whose per-argument
+        # Python checks cost more than the rest of the write path together.
+        packed = [self._pack(("MULTI",))]
         for b, fields, values in groups:
-            flat: list[Any] = [None] * (2 * len(fields))
-            flat[0::2] = fields
-            flat[1::2] = values
-            commands.append((prefix + str(b), flat))
-        meta_key = self._meta_key(version)
+            flat: list[Any] = [None] * (2 + 2 * len(fields))
+            flat[0], flat[1] = "HSET", prefix + str(b)
+            flat[2::2] = fields
+            flat[3::2] = values
+            packed.append(self._pack(tuple(flat)))
+        packed.append(self._pack(("HSET", self._meta_key(version), f"progress:{kind}", start + len(ids))))
+        packed.append(self._pack(("EXEC",)))
 
         def write() -> None:
-            pipe = self._w.pipeline(transaction=True)
-            for key, flat in commands:
-                pipe.execute_command("HSET", key, *flat)
-            pipe.hset(meta_key, f"progress:{kind}", start + len(ids))
-            pipe.execute()
+            self._transaction(packed)
 
         self._call(
             f"writing version {version} {kind} entities {start}..{start + len(ids)}",
             write,
             retries=self.cfg.retries,
         )
+
+    def _roundtrip(self, packed: list[bytes]) -> list[Any]:
+        """Read path: send pre-packed commands in one round trip on a pooled read connection and
+        return their replies (no per-argument Python work). A dropped connection (server restarted)
+        is retried once on a fresh one; a timeout is not retried (the caller reports missing)."""
+        for attempt in (0, 1):
+            conn = self._rpool.get_connection()
+            try:
+                conn.send_packed_command(packed, check_health=False)
+                return [conn.read_response() for _ in packed]
+            except self._redis.ConnectionError:
+                conn.disconnect()
+                if attempt:
+                    raise
+            except BaseException:
+                conn.disconnect()
+                raise
+            finally:
+                self._rpool.release(conn)
+        raise AssertionError("unreachable")
+
+    def _transaction(self, packed: list[bytes]) -> list[Any]:
+        """Send pre-packed MULTI ... EXEC commands on one pooled write connection; read every reply.
+        Any failure drops the connection (its unread replies would confuse the next user)."""
+        conn = self._wpool.get_connection()
+        try:
+            conn.send_packed_command(packed, check_health=False)
+            replies = [conn.read_response() for _ in range(len(packed) - 1)]  # OK, QUEUED...
+            result = conn.read_response()  # EXEC: the list of replies, or an error (raised)
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            self._wpool.release(conn)
+        if result is None:
+            raise self._redis.RedisError(f"transaction aborted (replies {replies[:3]}...)")
+        return list(result)
 
     def _end_writes(self, version: str) -> None:
         return None

@@ -90,3 +90,20 @@ def test_missing_or_broken_template(tmp_path):
 def test_written_dataset_roundtrip_keeps_cutoffs(tiny_dataset_dir):
     ds = load_dataset(tiny_dataset_dir)
     assert ds.users.filter(ds.users["user_id"] == "u5")["train_cutoff"].to_list() == [None]
+
+
+def test_cli_prompts_renders_without_llm(tiny_dataset_dir, capsys):
+    from pipelines.cli import main
+
+    assert main(["knowledge", "prompts", "--data", str(tiny_dataset_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("=== scenario") == 3 and "Scenario: Movies." in out
+    assert main(["knowledge", "prompts", "--data", str(tiny_dataset_dir), "--user", "u1"]) == 0
+    out = capsys.readouterr().out
+    assert "=== user u1" in out and "LEAK" not in out and "Profile: age group 25-34." in out
+    assert main(["knowledge", "prompts", "--data", str(tiny_dataset_dir), "--user", "u5"]) == 0
+    assert "no training history: no prompt, no vector" in capsys.readouterr().out
+    assert main(["knowledge", "prompts", "--data", str(tiny_dataset_dir), "--user", "nobody"]) == 2
+    assert "user 'nobody' is not in" in capsys.readouterr().err
+    assert main(["knowledge", "prompts", "--data", str(tiny_dataset_dir), "--model", "/no/such"]) == 2
+    assert "folder /no/such does not exist" in capsys.readouterr().err

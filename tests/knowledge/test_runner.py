@@ -45,6 +45,7 @@ def _by_id(snap) -> dict[tuple[str, str], tuple[np.ndarray, str]]:
     return {(r.kind[i], r.entity_id[i]): (r.vectors[i], r.prompt_hash[i]) for i in range(len(r))}
 
 
+@pytest.mark.slow
 def test_incremental_one_percent_churn(small_dataset_dir: Path, tmp_path: Path, cfg: KnowledgeConfig):
     root = tmp_path / "snap"
     first = build_knowledge(small_dataset_dir, root, cfg)
@@ -68,6 +69,7 @@ def test_incremental_one_percent_churn(small_dataset_dir: Path, tmp_path: Path, 
     assert not (root / ".work").exists() or not any((root / ".work").iterdir())
 
 
+@pytest.mark.slow
 def test_crash_and_resume_matches_uninterrupted_run(
     small_dataset_dir: Path, tmp_path: Path, cfg: KnowledgeConfig
 ):
@@ -103,6 +105,7 @@ def test_encode_shard_subset_then_build(tiny_dataset_dir: Path, tmp_path: Path, 
     assert report.shards_resumed == 1 and report.n_users == 5 and report.n_users_without_history == 1
 
 
+@pytest.mark.slow
 def test_pca_and_float16(small_dataset_dir: Path, tmp_path: Path, cfg: KnowledgeConfig):
     root = tmp_path / "snap"
     c = cfg.model_copy(update={"pca_dim": 16, "storage_dtype": "float16"})

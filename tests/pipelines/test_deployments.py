@@ -36,12 +36,19 @@ def test_specs_follow_the_config() -> None:
     }
 
 
-def test_deploy_without_server_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from pipelines.cli import main
-
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    assert main(["flow", "deploy"]) == 2
-    assert "PREFECT_API_URL is not set" in capsys.readouterr().err
+def test_deploy_without_server_is_a_clear_error(tmp_path: Path) -> None:
+    # a subprocess: in this session the test harness may have pointed Prefect at its own API
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path)
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "llm4msr"), "flow", "deploy"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert "PREFECT_API_URL is not set" in out.stderr
 
 
 @pytest.mark.slow

@@ -40,10 +40,12 @@ def tiny_source(ds, backbone: str, use_llm: bool, model: torch.nn.Module | None 
             meta={"knowledge_proj_dim": 8, "rank": 2},
         )
         model = build_model(spec, cfg)
-        # Random-init models sit near 0.5; widen the scores so parity is a real test.
+        # Random-init models sit near 0.5 and zero-initialised meta layers ignore knowledge: perturb
+        # every parameter (seeded) so scores spread and knowledge matters, making parity a real test.
+        g = torch.Generator().manual_seed(1)
         with torch.no_grad():
             for p in model.parameters():
-                p.mul_(3.0)
+                p.add_(torch.randn(p.shape, generator=g) * 0.3)
     users, items = E.lookups_from_spec(spec, ds.users, ds.items)
     return E.ExportSource(
         model=model.eval(),
