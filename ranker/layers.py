@@ -120,16 +120,47 @@ class PartitionedNorm(nn.Module):
         return normed * gamma + beta
 
 
-class KnowledgeProjector(nn.Module):
-    """LLM knowledge vector [B, K] -> compact representation [B, P].
+class KnowledgeNorm(nn.Module):
+    """Standardise knowledge vectors with fixed statistics of the training snapshot: (h - center) / scale.
 
-    LayerNorm first because hidden states of different LLMs have very different scales; it is
-    per row, so inference stays batch independent.
+    LLM hidden states share a large common component (the prompt template) and carry the
+    user-specific signal in low-variance directions; per-dimension standardisation with the
+    snapshot's statistics exposes it (LayerNorm does not). The statistics are buffers set once
+    before training (`set_stats`) and saved with the weights, so inference is per row.
+    `kind` says which statistics apply ("user" or "scenario").
     """
 
-    def __init__(self, in_dim: int, out_dim: int):
+    def __init__(self, dim: int, kind: str):
         super().__init__()
-        self.norm = nn.LayerNorm(in_dim)
+        self.kind = kind
+        self.register_buffer("center", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+
+    @torch.no_grad()
+    def set_stats(self, vectors: torch.Tensor) -> None:
+        """Per-dimension mean / std of `vectors` [N, K] (one global std when N is small, e.g. scenarios)."""
+        vectors = vectors.to(torch.float32)
+        if vectors.shape[0] == 0:
+            return
+        self.center.copy_(vectors.mean(0))
+        centred = vectors - self.center
+        if vectors.shape[0] >= 32:
+            std = centred.std(0)
+            std = std.clamp(min=float(std.mean()) * 1e-2 + 1e-8)
+        else:  # too few vectors for per-dimension statistics
+            std = torch.full_like(self.scale, float(centred.pow(2).mean().sqrt()) + 1e-8)
+        self.scale.copy_(std)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return (h - self.center) / self.scale
+
+
+class KnowledgeProjector(nn.Module):
+    """LLM knowledge vector [B, K] -> compact representation [B, P]: ReLU(W · standardise(h) + b)."""
+
+    def __init__(self, in_dim: int, out_dim: int, kind: str):
+        super().__init__()
+        self.norm = KnowledgeNorm(in_dim, kind)
         self.proj = nn.Linear(in_dim, out_dim)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

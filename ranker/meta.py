@@ -1,7 +1,7 @@
 """LLM4MSR multi-level knowledge fusion: hierarchical meta networks, pluggable on every backbone.
 
 Notation: x ∈ R^d is the flattened field embedding of a row (d = F·D), h_u, h_s ∈ R^K the user
-and scenario knowledge vectors, p = ReLU(W_p LN(h) + b_p) ∈ R^P their projections
+and scenario knowledge vectors, p = ReLU(W_p z(h) + b_p) ∈ R^P their projections
 (`knowledge_proj_dim`). Equations (the paper's exact ones are not public; see docs/ranker.md):
 
 * User level (bottom, personalised transform of the input embeddings), l = 1..L:
@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ranker.layers import KnowledgeProjector
+from ranker.layers import KnowledgeNorm, KnowledgeProjector
 
 
 class UserFallback(nn.Module):
@@ -30,7 +30,7 @@ class UserFallback(nn.Module):
 
     def __init__(self, k: int):
         super().__init__()
-        self.fallback = nn.Parameter(torch.randn(k) * 0.1)
+        self.fallback = nn.Parameter(torch.zeros(k))
 
     def forward(self, user_knowledge: torch.Tensor, has_knowledge: torch.Tensor) -> torch.Tensor:
         has = has_knowledge.unsqueeze(-1) > 0.5
@@ -81,7 +81,7 @@ class UserMetaNetwork(nn.Module):
     def __init__(self, k: int, d: int, proj_dim: int, n_layers: int, mode: str, rank: int):
         super().__init__()
         self.fallback = UserFallback(k)
-        self.project = KnowledgeProjector(k, proj_dim)
+        self.project = KnowledgeProjector(k, proj_dim, "user")
         self.layers = nn.ModuleList(GeneratedLinear(proj_dim, d, d, mode, rank) for _ in range(n_layers))
 
     def forward(
@@ -101,7 +101,7 @@ class ScenarioMetaNetwork(nn.Module):
         self, k: int, d: int, hidden: int, proj_dim: int, n_layers: int, mode: str, rank: int, merge: str
     ):
         super().__init__()
-        self.project = KnowledgeProjector(k, proj_dim)
+        self.project = KnowledgeProjector(k, proj_dim, "scenario")
         dims = [d] + [hidden] * n_layers
         self.base = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.generated = nn.ModuleList(
@@ -133,9 +133,11 @@ class KnowledgeConcat(nn.Module):
 
     def __init__(self, k: int, emb_dim: int, user_level: bool, scenario_level: bool):
         super().__init__()
-        self.user = nn.Sequential(nn.LayerNorm(k), nn.Linear(k, emb_dim)) if user_level else None
+        self.user = nn.Sequential(KnowledgeNorm(k, "user"), nn.Linear(k, emb_dim)) if user_level else None
         self.fallback = UserFallback(k) if user_level else None
-        self.scenario = nn.Sequential(nn.LayerNorm(k), nn.Linear(k, emb_dim)) if scenario_level else None
+        self.scenario = (
+            nn.Sequential(KnowledgeNorm(k, "scenario"), nn.Linear(k, emb_dim)) if scenario_level else None
+        )
         self.n_fields = int(user_level) + int(scenario_level)
 
     def forward(

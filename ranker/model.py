@@ -70,6 +70,21 @@ class RankerModel(nn.Module):
         )
         self.backbone = build_backbone(cfg.backbone, ctx)
 
+    @torch.no_grad()
+    def set_knowledge_stats(self, user_vectors: torch.Tensor, scenario_vectors: torch.Tensor) -> None:
+        """Fix the knowledge standardisation from the training snapshot (call once, before training).
+
+        Also starts the learned user fallback at the mean user vector.
+        """
+        from ranker.layers import KnowledgeNorm
+        from ranker.meta import UserFallback
+
+        for module in self.modules():
+            if isinstance(module, KnowledgeNorm):
+                module.set_stats(user_vectors if module.kind == "user" else scenario_vectors)
+            elif isinstance(module, UserFallback) and user_vectors.shape[0]:
+                module.fallback.copy_(user_vectors.to(torch.float32).mean(0))
+
     def logit(
         self,
         sparse_ids: torch.Tensor,

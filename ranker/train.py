@@ -194,6 +194,8 @@ def _fit(
     cfg = settings.train
     set_seeds(cfg.seed)
     model = build_model(spec, cfg)
+    if cfg.use_llm:
+        model.set_knowledge_stats(kin.users[1:], kin.scenarios)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     steps = max(1, (len(train) + cfg.batch_size - 1) // cfg.batch_size)
     sched = _scheduler(opt, cfg.lr_schedule, cfg.epochs, steps)

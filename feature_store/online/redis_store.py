@@ -111,6 +111,8 @@ class RedisStore(OnlineStore):
         )
         self._buckets: dict[str, int] = {}  # version -> bucket count (immutable once written)
         self._pack = _packer()
+        self._wconn: Any = None  # write connection held while a version is being written
+        self._inflight: list[tuple[str, list[bytes]]] = []  # chunks sent, replies not read yet
 
     # ------------------------------------------------------------------ helpers
     def _meta_key(self, version: str) -> str:
@@ -294,14 +296,83 @@ class RedisStore(OnlineStore):
         packed.append(self._pack(("HSET", self._meta_key(version), f"progress:{kind}", start + len(ids))))
         packed.append(self._pack(("EXEC",)))
 
-        def write() -> None:
-            self._transaction(packed)
+        what = f"writing version {version} {kind} entities {start}..{start + len(ids)}"
+        self._send_chunk(what, packed)
 
-        self._call(
-            f"writing version {version} {kind} entities {start}..{start + len(ids)}",
-            write,
-            retries=self.cfg.retries,
+    # One chunk in flight: chunk i+1 is encoded (client CPU) while the server executes chunk i, and
+    # chunk i's replies are read after chunk i+1 is sent. Each chunk is its own MULTI/EXEC with its
+    # progress, so what the server holds is always a consistent prefix; on any error the unconfirmed
+    # chunks are re-sent synchronously (HSET overwrites: idempotent) with the usual retries.
+    def _send_chunk(self, what: str, packed: list[bytes]) -> None:
+        self._inflight.append((what, packed))  # before sending: a failed send must re-send it too
+        try:
+            if self._wconn is None:
+                self._wconn = self._wpool.get_connection()
+            self._wconn.send_packed_command(packed, check_health=False)
+            while len(self._inflight) > 1:
+                self._read_chunk_replies(self._inflight[0][1])
+                self._inflight.pop(0)
+        except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
+            self._drop_wconn()
+            self._resend_inflight(exc)
+        except self._redis.RedisError as exc:
+            self._drop_wconn()
+            self._inflight = []
+            raise StoreError(f"redis at {self.redacted_url}: {what} failed: {exc}") from exc
+        except BaseException:  # interrupted: what reached the server is a consistent prefix
+            self._drop_wconn()
+            self._inflight = []
+            raise
+
+    def _read_chunk_replies(self, packed: list[bytes]) -> None:
+        conn = self._wconn
+        assert conn is not None
+        for _ in range(len(packed) - 1):  # OK, QUEUED...
+            conn.read_response()
+        if conn.read_response() is None:  # EXEC
+            raise self._redis.RedisError("transaction aborted")
+
+    def _drop_wconn(self) -> None:
+        if self._wconn is not None:
+            self._wconn.disconnect()
+            self._wpool.release(self._wconn)
+            self._wconn = None
+
+    def _resend_inflight(self, exc: BaseException) -> None:
+        pending, self._inflight = self._inflight, []
+        log.warning(
+            "redis %s: write connection failed (%s); re-sending %d chunk(s)",
+            self.redacted_url,
+            exc,
+            len(pending),
         )
+        for what, packed in pending:
+            self._call(what, lambda packed=packed: self._transaction(packed), retries=self.cfg.retries)
+
+    def _flush_writes(self) -> None:
+        """Confirm the chunk still in flight and give the write connection back."""
+        if self._wconn is None:
+            self._inflight = []
+            return
+        try:
+            while self._inflight:
+                self._read_chunk_replies(self._inflight[0][1])
+                self._inflight.pop(0)
+        except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
+            self._drop_wconn()
+            self._resend_inflight(exc)
+        except self._redis.RedisError as exc:
+            what = self._inflight[0][0] if self._inflight else "writing"
+            self._drop_wconn()
+            self._inflight = []
+            raise StoreError(f"redis at {self.redacted_url}: {what} failed: {exc}") from exc
+        except BaseException:
+            self._drop_wconn()
+            self._inflight = []
+            raise
+        if self._wconn is not None:
+            self._wpool.release(self._wconn)
+            self._wconn = None
 
     def _roundtrip(self, packed: list[bytes]) -> list[Any]:
         """Read path: send pre-packed commands in one round trip on a pooled read connection and
@@ -341,7 +412,7 @@ class RedisStore(OnlineStore):
         return list(result)
 
     def _end_writes(self, version: str) -> None:
-        return None
+        self._flush_writes()
 
     def _count(self, version: str, kind: str, ids: np.ndarray) -> int:
         """Fields stored for `kind` (HLEN per bucket): O(buckets), not O(entities). Each entity is
@@ -446,5 +517,7 @@ class RedisStore(OnlineStore):
             return False
 
     def close(self) -> None:
+        self._drop_wconn()
+        self._inflight = []
         self._rpool.disconnect()
         self._wpool.disconnect()

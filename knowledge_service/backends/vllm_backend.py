@@ -38,6 +38,7 @@ class VllmBackend(Backend):
         super().__init__(info, pooling, dtype, seed, max_model_len)
         self.kv_cache_gib = kv_cache_gib
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: halves start-up
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM's INFO lines drown the build report
         self._pool: Any = None
         self._gen: Any = None
 

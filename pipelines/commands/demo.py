@@ -27,5 +27,5 @@ def _run(args: argparse.Namespace) -> int:
     from llm4msr.config import load_config
     from pipelines.demo import run_demo
 
-    settings = load_config(args.config, args.overrides)
-    return run_demo(settings, args.workdir)
+    load_config(args.config, args.overrides)  # fail fast on a bad config, before any work
+    return run_demo(args.config, args.overrides, args.workdir)

@@ -76,12 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import os
-
     from llm4msr.config import load_config
-
-    # The temporary local API can take longer than Prefect's 20 s default to start on a busy machine.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
     load_config(args.config, args.overrides)  # fail fast on a bad config, before Prefect starts
     from pipelines.flows import flows

@@ -5,6 +5,13 @@ Import the flow objects from here; `FLOWS` maps the CLI/deployment names to them
 
 from __future__ import annotations
 
+import os
+
+# The temporary local Prefect API can take longer than Prefect's 20 s default to start on a busy
+# 2-core machine; set before any module of this package imports Prefect.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
 from typing import Any
 
 

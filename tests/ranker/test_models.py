@@ -174,3 +174,21 @@ def test_out_of_range_ids_read_as_unknown(spec):
     unknown[:, 0] = 0
     with torch.no_grad():
         torch.testing.assert_close(model(**dict(inp, sparse_ids=bad)), model(**dict(inp, sparse_ids=unknown)))
+
+
+def test_knowledge_standardisation_uses_snapshot_statistics(spec):
+    from ranker.layers import KnowledgeNorm
+
+    torch.manual_seed(0)
+    users = torch.randn(200, K) * 0.01 + torch.linspace(0, 5, K)  # big shared component, small signal
+    scen = torch.randn(3, K)
+    model = build_model(spec, _cfg("star", True))
+    model.set_knowledge_stats(users, scen)
+    norms = {m.kind: m for m in model.modules() if isinstance(m, KnowledgeNorm)}
+    z = norms["user"](users)
+    torch.testing.assert_close(z.mean(0), torch.zeros(K), atol=1e-4, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(K), atol=1e-3, rtol=0)
+    assert torch.isfinite(norms["scenario"](scen)).all()  # 3 vectors: one global scale, no division by ~0
+    # the fallback starts at the mean user vector, and the statistics are saved with the weights
+    torch.testing.assert_close(model.user_meta.fallback.fallback.detach(), users.mean(0))
+    assert {"user_meta.project.norm.center", "user_meta.project.norm.scale"} <= set(model.state_dict())

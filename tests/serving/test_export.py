@@ -87,6 +87,23 @@ def test_every_model_exports_with_parity(tiny_ds, tmp_path: Path, backbone: str,
         assert got.shape == (b,)
         np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
         assert np.std(ref) > 1e-3 or b == 1  # scores actually vary, so the comparison means something
+    if not use_llm:  # a plain model is served without touching the online store
+        from feature_store.online_store import open_store
+        from ranker.serving.runtime import Ranker
+        from tests.serving.conftest import serve_cfg, store_cfg
+
+        store = open_store(str(tmp_path / "online"), store_cfg())
+        ranker = Ranker(tmp_path / "m", store, serve_cfg())
+        users, items = src.users.ids, src.items.ids
+        res = ranker.score_detailed(users[3], src.scenarios[1], items[:5])
+        x = {"sparse_ids": ranker.assembler.build(users[3], src.scenarios[1], items[:5])}
+        x |= {
+            "user_knowledge": np.zeros((5, 1), np.float32),
+            "user_has_knowledge": np.zeros(5, np.float32),
+            "scenario_knowledge": np.zeros((5, 1), np.float32),
+        }
+        np.testing.assert_allclose(res.scores, E.torch_scores(src.model, x), atol=1e-5)
+        assert res.fallback is None and ranker.readiness()[0] and store.counters.reads == 0
     # Knowledge really matters for LLM4MSR models: with vs without user knowledge differ.
     if use_llm:
         x = E.make_inputs(src, 64, mixed=True, fallback="none", seed=5)
@@ -133,6 +150,7 @@ class DataDependent(torch.nn.Module):
         return out * 0
 
 
+@pytest.mark.slow
 def test_auto_falls_back_to_legacy_exporter(tiny_ds, tmp_path: Path) -> None:  # noqa: ANN001
     base = tiny_source(tiny_ds, "mmoe", True)
     src = tiny_source(tiny_ds, "mmoe", True, model=DataDependent(base.model))

@@ -117,3 +117,28 @@ def test_killed_materialization_resumes_to_same_result(
     np.testing.assert_array_equal(
         r.vectors, rows.vectors[[pos[i] for i in ids]].astype(np.float16).astype(np.float32)
     )
+
+
+def test_write_connection_killed_midway_is_resent(redis_server, snapshot_factory) -> None:  # noqa: ANN001
+    """The write connection dies between chunks (CLIENT KILL): the unconfirmed chunks are re-sent on
+    a fresh connection and the run completes without a resume, with every value intact."""
+    cfg = StoreConfig(write_chunk=10, pointer_cache_ms=0, retries=2, backoff_ms=10, redis_bucket_fields=16)
+    snap, rows = snapshot_factory("v1", n_users=80, seed=4)
+    admin = redis_server.client()
+    killed = []
+
+    def kill(kind: str, chunk: int, n_chunks: int) -> None:
+        if kind == "user" and chunk in (2, 5):
+            killed.append(admin.client_kill_filter(_type="normal", skipme=True))
+
+    report = materialize(snap, redis_server.url, cfg, on_chunk=kill)
+    assert len(killed) == 2 and all(n >= 1 for n in killed)
+    assert report.keys_written == 83 and report.keys_skipped == 0 and not report.resumed
+    store = open_store(redis_server.url, cfg)
+    ids = [f"u{i:05d}" for i in range(80)]
+    r = store.read("user", ids)
+    assert r.found.all() and r.version == "v1"
+    pos = {e: i for i, e in enumerate(rows.entity_id)}
+    np.testing.assert_array_equal(
+        r.vectors, rows.vectors[[pos[i] for i in ids]].astype(np.float16).astype(np.float32)
+    )
