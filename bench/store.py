@@ -133,7 +133,19 @@ def main(argv: list[str] | None = None) -> int:
             phases: dict[str, dict[str, float]] = {}
             for name, target in (("redis", url), ("local", str(tmp / "online"))):
                 materialize(small, target, cfg)  # a previous version, so the switch retires something
-                rep = materialize(snap, target, cfg)
+                marks: list[tuple[float, float]] = []  # (client CPU s, server CPU s) at first/last user chunk
+
+                def mark(kind: str, chunk: int, n_chunks: int, name: str = name, marks: list = marks) -> None:
+                    if kind == "user" and chunk in (0, n_chunks - 1):
+                        srv = client.info("cpu") if name == "redis" else {}
+                        marks.append(
+                            (
+                                time.process_time(),
+                                srv.get("used_cpu_user", 0.0) + srv.get("used_cpu_sys", 0.0),
+                            )
+                        )
+
+                rep = materialize(snap, target, cfg, on_chunk=mark)
                 results[name] = rep
                 st = open_store(target, cfg)
                 t = time.perf_counter()
@@ -149,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.perf_counter()
                 st.set_current(rep.version)  # forward again: the 1M version is kept (persist)
                 ph["switch_back"] = time.perf_counter() - t
+                between = args.users - cfg.write_chunk  # users written between the two marks
+                if len(marks) == 2 and between > 0:
+                    ph["client_us_per_key"] = (marks[1][0] - marks[0][0]) / between * 1e6
+                    ph["server_us_per_key"] = (marks[1][1] - marks[0][1]) / between * 1e6
                 phases[name] = ph
                 st.close()
                 log.info(
@@ -214,16 +230,23 @@ def main(argv: list[str] | None = None) -> int:
         "`write` = writing all values (the materialization rate); `total` = one `materialize()` call "
         "(snapshot load + checksum check, write, verify, pointer switch). Then, separately: loading the "
         "snapshot again (`load`), `verify_version` (counts + 256 sampled checksums), switching away from "
-        "the 1M version (it starts expiring) and back to it (it is kept again).",
+        "the 1M version (it starts expiring) and back to it (it is kept again). `write CPU` = CPU time "
+        "per key spent by the writing process and by redis-server while the user chunks were written "
+        "(what the write costs, independent of how long it waited for a CPU).",
         "",
-        "| backend | keys written | write s | keys/s (write) | total s | load s | verify s | switch away s "
-        "| switch back s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| backend | keys written | write s | keys/s (write) | write CPU us/key: client + server | total s "
+        "| load s | verify s | switch away s | switch back s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, rep in results.items():
         ph = phases[name]
+        cpu_key = (
+            f"{ph['client_us_per_key']:.2f} + {ph['server_us_per_key']:.2f}"
+            if "client_us_per_key" in ph
+            else "-"
+        )
         lines.append(
-            f"| {name} | {rep.keys_written:,} | {rep.write_seconds:.1f} | {rep.keys_per_second:,.0f} | "
+            f"| {name} | {rep.keys_written:,} | {rep.write_seconds:.1f} | {rep.keys_per_second:,.0f} | {cpu_key} | "
             f"{rep.seconds:.1f} | {ph['load']:.1f} | {ph['verify']:.3f} | {ph['switch_away']:.3f} | "
             f"{ph['switch_back']:.3f} |"
         )

@@ -17,7 +17,9 @@ keyspace SCAN; no hash grows so big that freeing it on expiry stalls the server 
 Writes: per chunk of `write_chunk` id-sorted entities, one MULTI/EXEC with one HSET (flat
 field/value arguments) per bucket plus the new `progress:<kind>`, so a chunk and its progress land
 together and a resumed materialization skips exactly what is there (HSET overwrites: re-writing a
-chunk is idempotent). Chunks are retried `retries` times with exponential backoff. The pointer and
+chunk is idempotent). Commands are packed by hiredis and one chunk is in flight (the next one is
+encoded while the server executes the previous); unconfirmed chunks are re-sent after a connection
+error, each retried `retries` times with exponential backoff. The pointer and
 the history switch in one MULTI/EXEC after the version has been verified; then the previous
 version's keys get EXPIRE old_version_ttl_seconds (meta first, buckets a minute later than meta,
 so a version whose metadata still exists always has its data); a version brought back by
