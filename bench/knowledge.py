@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         results["transformers_startup_s"] = time.perf_counter() - t0
         import torch
 
-        threads = torch.get_num_threads()  # vLLM drops torch to 1 thread in-process; both run with this
+        threads = torch.get_num_threads()  # the transformers backend runs with these threads
         results["vllm_s"] = _median_time(lambda: vb.embed(ids), args.repeats)
         results["transformers_s"] = _median_time(lambda: tb.embed(ids), args.repeats)
 
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| transformers | {results['transformers_s']:.2f} | {tps:.1f} | {results['transformers_startup_s']:.1f} |",
         "",
         f"Ratio vllm / transformers: **{vps / tps:.2f}x** prompts per second (both in one process, torch "
-        f"threads = {threads}: vLLM's CPU worker sets torch to 1 thread in-process).",
+        f"threads = {threads}).",
         "",
         f"## Refresh: full vs incremental at 1 % churn ({len(changed)} of {full.n_users} users changed)",
         "",
