@@ -60,6 +60,10 @@ class ExportSource:
     scenarios: list[str] = field(default_factory=list)
     # Validation rows as model inputs + labels, for the AUC change of float16/int8 variants.
     valid: tuple[dict[str, np.ndarray], np.ndarray] | None = None
+    # Real (user vectors, scenario vectors) from the run's snapshot: parity batches draw their
+    # knowledge from these, so the check runs on the input distribution the model will serve.
+    # Without them (tests, --no-llm) knowledge rows are standard normal.
+    knowledge_pool: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass
@@ -117,8 +121,14 @@ def make_inputs(
     has = {"none": np.ones(batch), "all": np.zeros(batch), "some": (rng.random(batch) > 0.33).astype(float)}[
         fallback
     ]
-    uk = rng.normal(0, 1, (batch, k)).astype(np.float32) * has[:, None].astype(np.float32)
-    sk = rng.normal(0, 1, (batch, k)).astype(np.float32)
+    if source.knowledge_pool is not None:
+        pool_uk, pool_sk = source.knowledge_pool
+        uk = pool_uk[rng.integers(0, len(pool_uk), batch)].astype(np.float32)
+        sk = pool_sk[rng.integers(0, len(pool_sk), batch)].astype(np.float32)
+    else:
+        uk = rng.normal(0, 1, (batch, k)).astype(np.float32)
+        sk = rng.normal(0, 1, (batch, k)).astype(np.float32)
+    uk = uk * has[:, None].astype(np.float32)
     return {
         "sparse_ids": sparse.astype(np.int64),
         "user_knowledge": uk,
@@ -537,7 +547,21 @@ def source_from_run(
         scenarios=spec.scenario_ids(),
     )
     source.valid = _valid_inputs(spec, ds, know.get("path"), valid_rows, seed)
+    source.knowledge_pool = _knowledge_pool(spec, know.get("path"))
     return source
+
+
+def _knowledge_pool(spec: Any, snapshot_path: str | None) -> tuple[np.ndarray, np.ndarray] | None:
+    if not snapshot_path or spec.knowledge_dim <= 0 or not Path(snapshot_path).exists():
+        return None
+    from ranker.knowledge import load_knowledge
+
+    kt = load_knowledge(snapshot_path, int(spec.knowledge_dim))
+    # Row 0 of the user table is the "no knowledge" row; the pool holds real vectors only.
+    users, scenarios = kt.user_vectors[1:], kt.scenario_vectors
+    if len(users) == 0 or len(scenarios) == 0:
+        return None
+    return users, scenarios
 
 
 def _dataset_path(run_dir: Path, run: dict[str, Any]) -> Path:
