@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         + f"Total wall time {time.perf_counter() - t_start:.0f} s on a 2-core machine shared with other "
         "jobs: timings are noisy; the overhead ratio compares runs measured in the same session.\n\n"
         + "\n".join(notes)
-        + "\n"
+        + "\n\nInterpretation (where the knowledge helps and where it does not): "
+        "[ranker-findings.md](ranker-findings.md).\n"
     )
     write_text_atomic(out, text)
     print(f"wrote {out} ({len(runs)} runs)")
