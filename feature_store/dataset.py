@@ -31,8 +31,12 @@ class CanonicalDataset:
     manifest: dict[str, Any] | None = None
 
     def tables(self) -> dict[str, pl.DataFrame]:
-        return {"interactions": self.interactions, "users": self.users, "items": self.items,
-                "scenarios": self.scenarios}
+        return {
+            "interactions": self.interactions,
+            "users": self.users,
+            "items": self.items,
+            "scenarios": self.scenarios,
+        }
 
     def version(self) -> str:
         """Content id of the dataset (hash of its interactions file), for run/snapshot provenance."""
@@ -69,12 +73,19 @@ def validate(ds: CanonicalDataset, source: str = "<memory>") -> None:
         raise DataError(f"{where}: column 'label' has value {bad['label'][0]!r}, expected 0 or 1")
     bad = inter.filter(~pl.col("split").is_in(list(schema.SPLITS)))
     if bad.height:
-        raise DataError(f"{where}: column 'split' has value {bad['split'][0]!r}, expected one of {schema.SPLITS}")
-    for col, table, key in (("scenario_id", ds.scenarios, "scenario_id"), ("user_id", ds.users, "user_id"),
-                            ("item_id", ds.items, "item_id")):
+        raise DataError(
+            f"{where}: column 'split' has value {bad['split'][0]!r}, expected one of {schema.SPLITS}"
+        )
+    for col, table, key in (
+        ("scenario_id", ds.scenarios, "scenario_id"),
+        ("user_id", ds.users, "user_id"),
+        ("item_id", ds.items, "item_id"),
+    ):
         unknown = inter.select(pl.col(col).unique()).filter(~pl.col(col).is_in(table[key].implode()))
         if unknown.height:
-            raise DataError(f"{where}: column {col!r} has value {unknown[col][0]!r} that is not in the {key} table")
+            raise DataError(
+                f"{where}: column {col!r} has value {unknown[col][0]!r} that is not in the {key} table"
+            )
 
 
 def summarize(ds: CanonicalDataset) -> dict[str, Any]:
@@ -108,11 +119,15 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{'scenario':<24}{'rows':>12}{'users':>10}{'items':>10}{'positives':>12}",
     ]
     for r in summary["per_scenario"]:
-        lines.append(f"{r['scenario_id']:<24}{r['rows']:>12,}{r['users']:>10,}{r['items']:>10,}{r['positives']:>12,}")
+        lines.append(
+            f"{r['scenario_id']:<24}{r['rows']:>12,}{r['users']:>10,}{r['items']:>10,}{r['positives']:>12,}"
+        )
     return "\n".join(lines)
 
 
-def write_dataset(ds: CanonicalDataset, out: str | Path, *, source: dict[str, Any], overwrite: bool = True) -> Path:
+def write_dataset(
+    ds: CanonicalDataset, out: str | Path, *, source: dict[str, Any], overwrite: bool = True
+) -> Path:
     """Validate, then write all tables + vocabs + manifest + summary into `out` atomically."""
     out = Path(out)
     validate(ds, source=str(source.get("path") or source.get("dataset", "<memory>")))
@@ -153,7 +168,9 @@ def load_dataset(path: str | Path, *, verify_checksums: bool = False) -> Canonic
         for fname, meta in manifest["files"].items():
             actual = sha256_file(path / fname)
             if actual != meta["sha256"]:
-                raise DataError(f"{path / fname}: sha256 {actual[:12]}… differs from manifest {meta['sha256'][:12]}…")
+                raise DataError(
+                    f"{path / fname}: sha256 {actual[:12]}… differs from manifest {meta['sha256'][:12]}…"
+                )
     tables = {t: pl.read_parquet(path / fname) for t, (fname, _) in schema.TABLES.items()}
     vocab_path = path / schema.VOCABS_FILE
     vocabs = json.loads(vocab_path.read_text()) if vocab_path.is_file() else None

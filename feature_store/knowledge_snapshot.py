@@ -44,16 +44,18 @@ def knowledge_family(model_id: str, pooling: str, dimension: int, pca_fingerprin
 
 
 def arrow_schema(dimension: int, dtype: str) -> pa.Schema:
-    return pa.schema([
-        ("kind", pa.string()),
-        ("entity_id", pa.string()),
-        ("vector", pa.list_(DTYPES[dtype][1], dimension)),
-        ("prompt_hash", pa.string()),
-        ("model_id", pa.string()),
-        ("template_version", pa.string()),
-        ("generated_at", pa.int64()),
-        ("answer", pa.string()),
-    ])
+    return pa.schema(
+        [
+            ("kind", pa.string()),
+            ("entity_id", pa.string()),
+            ("vector", pa.list_(DTYPES[dtype][1], dimension)),
+            ("prompt_hash", pa.string()),
+            ("model_id", pa.string()),
+            ("template_version", pa.string()),
+            ("generated_at", pa.int64()),
+            ("answer", pa.string()),
+        ]
+    )
 
 
 @dataclass
@@ -79,10 +81,16 @@ class KnowledgeRows:
         flat = pa.array(vecs.reshape(-1), type=pa_dtype)
         vector = pa.FixedSizeListArray.from_arrays(flat, dim)
         return pa.Table.from_arrays(
-            [pa.array(self.kind, pa.string()), pa.array(self.entity_id, pa.string()), vector,
-             pa.array(self.prompt_hash, pa.string()), pa.array(self.model_id, pa.string()),
-             pa.array(self.template_version, pa.string()), pa.array(self.generated_at, pa.int64()),
-             pa.array(self.answer, pa.string())],
+            [
+                pa.array(self.kind, pa.string()),
+                pa.array(self.entity_id, pa.string()),
+                vector,
+                pa.array(self.prompt_hash, pa.string()),
+                pa.array(self.model_id, pa.string()),
+                pa.array(self.template_version, pa.string()),
+                pa.array(self.generated_at, pa.int64()),
+                pa.array(self.answer, pa.string()),
+            ],
             schema=arrow_schema(dim, dtype),
         )
 
@@ -124,8 +132,13 @@ class Snapshot:
         return ids, self.rows.vectors[idx].astype(np.float32)
 
 
-def write_snapshot_files(folder: Path, rows: KnowledgeRows, manifest: dict[str, Any], dtype: str,
-                         pca: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+def write_snapshot_files(
+    folder: Path,
+    rows: KnowledgeRows,
+    manifest: dict[str, Any],
+    dtype: str,
+    pca: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """Write the parquet (+ PCA) into `folder` (a temp dir owned by the caller) and the manifest.
 
     Fills in format_version, dimension, dtype, counts, checksums. Returns the final manifest.
@@ -160,10 +173,14 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     mpath = folder / MANIFEST_FILE
     if not folder.is_dir() or not mpath.is_file() or not (folder / KNOWLEDGE_FILE).is_file():
-        raise SnapshotError(f"{folder} is not a knowledge snapshot (expected {KNOWLEDGE_FILE} and {MANIFEST_FILE})")
+        raise SnapshotError(
+            f"{folder} is not a knowledge snapshot (expected {KNOWLEDGE_FILE} and {MANIFEST_FILE})"
+        )
     manifest = json.loads(mpath.read_text())
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise SnapshotError(f"{mpath}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
+        raise SnapshotError(
+            f"{mpath}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
     return manifest
 
 
@@ -177,5 +194,7 @@ def load_snapshot(folder: str | Path, *, verify: bool = True) -> Snapshot:
                 raise SnapshotError(f"{folder / fname}: checksum {actual[:12]}… != manifest {expected[:12]}…")
     rows = KnowledgeRows.from_table(pq.read_table(folder / KNOWLEDGE_FILE))
     if rows.vectors.shape[1] != manifest["dimension"]:
-        raise SnapshotError(f"{folder}: vectors have dimension {rows.vectors.shape[1]}, manifest says {manifest['dimension']}")
+        raise SnapshotError(
+            f"{folder}: vectors have dimension {rows.vectors.shape[1]}, manifest says {manifest['dimension']}"
+        )
     return Snapshot(path=folder, manifest=manifest, rows=rows)

@@ -63,5 +63,9 @@ TABLES: dict[str, tuple[str, dict[str, pl.DataType]]] = {
 }
 
 # Features the ranker may use from the users/items tables besides the ids (attribute columns).
-KEY_COLUMNS = {"interactions": ("user_id", "item_id", "scenario_id"), "users": ("user_id",),
-               "items": ("item_id",), "scenarios": ("scenario_id",)}
+KEY_COLUMNS = {
+    "interactions": ("user_id", "item_id", "scenario_id"),
+    "users": ("user_id",),
+    "items": ("item_id",),
+    "scenarios": ("scenario_id",),
+}

@@ -118,7 +118,9 @@ class StoreConfig(Section):
     write_chunk: int = Field(10_000, ge=1)  # entities per write transaction (and resume granularity)
     timeout_ms: int = Field(200, ge=1)  # read path: socket connect/read timeout
     write_timeout_ms: int = Field(10_000, ge=1)  # bulk writes (materialization, pointer switch)
-    pointer_cache_ms: int = Field(1000, ge=0)  # readers re-read the current-version pointer at most this often
+    pointer_cache_ms: int = Field(
+        1000, ge=0
+    )  # readers re-read the current-version pointer at most this often
     retries: int = Field(2, ge=0)
     backoff_ms: int = Field(50, ge=0)
     max_age_seconds: int | None = Field(None, ge=1)  # values older than this read as missing
@@ -276,7 +278,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p}: expected a mapping at the top level, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"config file {p}: expected a mapping at the top level, got {type(loaded).__name__}"
+            )
         tree = _deep_merge(tree, loaded)
     for assignment in overrides or []:
         _apply_override(tree, assignment)

@@ -17,7 +17,19 @@ import sys
 from llm4msr.logs import setup_logging
 
 # Order = order in --help. A module that is not written yet is skipped.
-COMMAND_MODULES = ["demo", "config", "data", "knowledge", "store", "train", "report", "export", "serve", "flow", "bench"]
+COMMAND_MODULES = [
+    "demo",
+    "config",
+    "data",
+    "knowledge",
+    "store",
+    "train",
+    "report",
+    "export",
+    "serve",
+    "flow",
+    "bench",
+]
 
 log = logging.getLogger("llm4msr")
 
@@ -30,7 +42,11 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     """The shared --config / --set options every stage accepts."""
     parser.add_argument("--config", metavar="FILE", help="YAML config (defaults: configs/default.yaml)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one config value, e.g. --set train.epochs=3 (repeatable)",
     )
 

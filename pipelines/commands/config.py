@@ -17,13 +17,21 @@ HEADER = """\
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("config", help="show the resolved configuration",
-                       description="Configuration tools. `config show` prints the resolved YAML.")
+    p = sub.add_parser(
+        "config",
+        help="show the resolved configuration",
+        description="Configuration tools. `config show` prints the resolved YAML.",
+    )
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
-    show = csub.add_parser("show", help="print the resolved configuration as YAML",
-                           description="Print defaults <- --config FILE <- --set overrides, validated, as YAML.")
+    show = csub.add_parser(
+        "show",
+        help="print the resolved configuration as YAML",
+        description="Print defaults <- --config FILE <- --set overrides, validated, as YAML.",
+    )
     add_config_args(show)
-    show.add_argument("--defaults", action="store_true", help="print the defaults with the documentation header")
+    show.add_argument(
+        "--defaults", action="store_true", help="print the defaults with the documentation header"
+    )
     show.set_defaults(handler=_show)
 
 

@@ -20,9 +20,8 @@ def test_overwrite_replaces_whole_directory(tmp_path: Path):
     final = tmp_path / "out"
     with atomic_directory(final) as tmp:
         (tmp / "a").write_text("1")
-    with pytest.raises(FileExistsError):
-        with atomic_directory(final):
-            pass
+    with pytest.raises(FileExistsError), atomic_directory(final):
+        pass
     with atomic_directory(final, overwrite=True) as tmp:
         (tmp / "b").write_text("2")
     assert sorted(p.name for p in final.iterdir()) == ["b"]
