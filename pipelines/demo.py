@@ -79,8 +79,9 @@ def _score_requests(settings: Settings, model_dir: Path, n_requests: int = 3) ->
 
 
 def _print_metrics(run_dir: Path) -> None:
+    """Test-split metrics of the run. gAUC is '-' where every user has one held-out row (one class)."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    final = metrics.get("test") or metrics.get("final") or {}
+    final = metrics.get("final") or {}
     per = final.get("per_scenario", {})
     print(f"{'scenario':<14}{'AUC':>8}{'gAUC':>8}{'Logloss':>9}{'Recall@10':>11}{'NDCG@10':>9}")
     rows = list(per.items()) + ([("overall", final["overall"])] if "overall" in final else [])
@@ -88,7 +89,7 @@ def _print_metrics(run_dir: Path) -> None:
 
         def f(key: str, m: dict[str, Any] = m) -> str:
             v = m.get(key)
-            return f"{v:.4f}" if isinstance(v, int | float) else "-"
+            return f"{v:.4f}" if isinstance(v, int | float) and v == v else "-"
 
         print(f"{name:<14}{f('auc'):>8}{f('gauc'):>8}{f('logloss'):>9}{f('recall@10'):>11}{f('ndcg@10'):>9}")
 
