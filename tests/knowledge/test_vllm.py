@@ -118,11 +118,9 @@ def test_cli_build_and_show_synthetic(small_dataset_dir: Path, tmp_path: Path, c
 
 def test_cli_build_movielens_100k(tmp_path: Path, capsys: pytest.CaptureFixture):
     from feature_store.build import build_and_write
-    from llm4msr.config import DataConfig
+    from llm4msr.config import REPO_ROOT, DataConfig
 
-    src = Path("/work/shared/data/ml-100k")
-    if not src.is_dir():
-        src = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
+    src = REPO_ROOT.parent / "shared" / "data" / "ml-100k"  # ../shared beside the checkout (README)
     data = build_and_write(DataConfig(dataset="movielens", path=str(src)), tmp_path / "ml-100k")
     root = tmp_path / "knowledge"
     assert (

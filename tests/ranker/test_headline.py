@@ -44,6 +44,16 @@ def test_llm4msr_beats_backbone_in_every_scenario(tmp_path_factory):
     kcfg = KnowledgeConfig(backend="vllm", num_shards=1, snapshot_root=str(work / "knowledge"))
     report = build_knowledge(data_dir, work / "knowledge", kcfg)
     assert report.dimension == 384  # real all-MiniLM-L6-v2 vectors
+    # The default synthetic data gets a vector for every scenario and every user with history.
+    from feature_store.dataset import load_dataset
+    from feature_store.knowledge_snapshot import load_snapshot
+    from feature_store.offline_store import OfflineStore
+
+    ds = load_dataset(data_dir)
+    snap = load_snapshot(OfflineStore(work / "knowledge").current_path())
+    train_users = set(ds.interactions.filter(ds.interactions["split"] == "train")["user_id"].to_list())
+    assert set(snap.vectors_of("user")[0]) == train_users and len(train_users) == ds.users.height
+    assert set(snap.vectors_of("scenario")[0]) == set(ds.scenarios["scenario_id"].to_list())
 
     auc: dict[bool, list[dict[str, float]]] = {False: [], True: []}
     for use_llm in (False, True):
