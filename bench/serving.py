@@ -345,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         "intra-op thread. Model: STAR + LLM4MSR meta networks, 16-dim embeddings, MLP [128, 64], "
         f"{args.dim}-dim knowledge, {args.users} users, {args.items} items; knowledge in a local redis-server "
         "(float32 values, loopback). Every request = id lookup + ONE Redis read (user knowledge) + model.",
+        "A request is one user in one scenario, so the model computes the generated meta-layer weights and "
+        "STAR's per-scenario weights once (row 0) and applies them to every row "
+        "(`ranker.layers.uniform_or_per_row`; rows that differ are computed per row, same function).",
         "",
         "## Latency per request (ms)",
         "",

@@ -7,9 +7,38 @@ inference nothing depends on batch statistics, so a row's score never depends on
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def uniform_or_per_row(
+    module: nn.Module,
+    key: torch.Tensor,
+    uniform: Callable[..., torch.Tensor],
+    per_row: Callable[..., torch.Tensor],
+    operands: tuple[torch.Tensor, ...],
+) -> torch.Tensor:
+    """Row 0's shared computation for every row whose `key` equals row 0's; `per_row` for the others.
+
+    A serving request is one user in one scenario, so its rows share their knowledge and scenario:
+    `uniform(*operands)` computes row 0's generated / per-scenario weights once and applies them to
+    all rows (same function as `per_row`, 1/B or 1/S of the work); rows that differ from row 0
+    (mixed training/evaluation batches) are recomputed with `per_row` on just those rows and written
+    back by index (ONNX NonZero/Gather/ScatterND: no boolean-mask indexing, no If subgraphs, which the
+    float16 converter cannot handle). Training, and the legacy TorchScript exporter, take `per_row`.
+    """
+    if module.training or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return per_row(*operands)
+    if not torch.compiler.is_exporting() and key.shape[0] == 0:  # eager empty batch: no row 0
+        return per_row(*operands)
+    out = uniform(*operands)
+    differs = (key != key[:1]).reshape(key.shape[0], -1).any(-1)
+    idx = differs.nonzero().squeeze(-1)
+    rows = per_row(*(t.index_select(0, idx) for t in operands))
+    return out.index_copy(0, idx, rows)
 
 
 def gather_scenario(per_scenario: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:

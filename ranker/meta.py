@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ranker.layers import KnowledgeNorm, KnowledgeProjector
+from ranker.layers import KnowledgeNorm, KnowledgeProjector, uniform_or_per_row
 
 
 class UserFallback(nn.Module):
@@ -64,6 +64,21 @@ class GeneratedLinear(nn.Module):
         nn.init.zeros_(self.gen_b.bias)
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        return uniform_or_per_row(self, ctx, self._shared_ctx, self._per_row, (x, ctx))
+
+    def _shared_ctx(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        # Every row has the same context (one user / one scenario per request): generate its weights
+        # once from row 0 and apply them to all rows as plain matmuls. Same math as _per_row.
+        c = ctx[:1]
+        if self.mode == "lowrank":
+            u = self.gen_u(c).view(self.d_out, self.rank)
+            v = self.gen_v(c).view(self.d_in, self.rank)
+            delta = (x @ v) @ u.t()
+        else:
+            delta = x @ self.gen_w(c).view(self.d_out, self.d_in).t()
+        return delta + self.gen_b(c)
+
+    def _per_row(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         if self.mode == "lowrank":
             u = self.gen_u(ctx).view(b, self.d_out, self.rank)

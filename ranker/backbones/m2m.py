@@ -4,11 +4,13 @@ generated from the scenario embedding (the "meta unit"), with residual connectio
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
 from ranker.backbones.base import Backbone, BackboneContext
-from ranker.layers import MLP
+from ranker.layers import MLP, uniform_or_per_row
 
 N_EXPERTS = 4
 N_META_TOWER_LAYERS = 2
@@ -39,6 +41,22 @@ class M2M(Backbone):
         scores = self.att_v(torch.tanh(self.att_expert(experts) + self.att_scen(scen).unsqueeze(1)))
         h = (torch.softmax(scores, dim=1) * experts).sum(1)  # [B, H]
         for gen_w, gen_b in zip(self.meta_w, self.meta_b, strict=True):
-            w = gen_w(scen).view(-1, self.h, self.h)
-            h = h + torch.relu(torch.bmm(h.unsqueeze(1), w).squeeze(1) + gen_b(scen))
+            h = uniform_or_per_row(
+                self,
+                scen,
+                partial(self._tower_shared, gen_w, gen_b),
+                partial(self._tower, gen_w, gen_b),
+                (h, scen),
+            )
         return self.out(h).squeeze(-1)
+
+    def _tower(self, gen_w: nn.Linear, gen_b: nn.Linear, h: torch.Tensor, scen: torch.Tensor) -> torch.Tensor:
+        w = gen_w(scen).view(-1, self.h, self.h)
+        return h + torch.relu(torch.bmm(h.unsqueeze(1), w).squeeze(1) + gen_b(scen))
+
+    def _tower_shared(
+        self, gen_w: nn.Linear, gen_b: nn.Linear, h: torch.Tensor, scen: torch.Tensor
+    ) -> torch.Tensor:
+        # One scenario embedding for all rows (a serving request): generate the layer once (row 0).
+        w = gen_w(scen[:1]).view(self.h, self.h)
+        return h + torch.relu(h @ w + gen_b(scen[:1]))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ranker.backbones.base import Backbone, BackboneContext
-from ranker.layers import MLP, PartitionedNorm, gather_scenario
+from ranker.layers import MLP, PartitionedNorm, gather_scenario, uniform_or_per_row
 
 
 class StarLinear(nn.Module):
@@ -22,9 +22,20 @@ class StarLinear(nn.Module):
         nn.init.xavier_uniform_(self.shared_w)
 
     def forward(self, x: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
-        w = self.shared_w.unsqueeze(0) * self.scen_w  # [S, in, out]
-        out = torch.einsum("bi,sio->bso", x, w) + (self.shared_b + self.scen_b).unsqueeze(0)
+        return uniform_or_per_row(self, scenario, self._one_scenario, self._per_row, (x, scenario))
+
+    def _per_row(self, x: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+        # Every scenario's combined weights in ONE matmul [B, in] @ [in, S*out], then gather the row's.
+        s, i, o = self.scen_w.shape
+        w = (self.shared_w.unsqueeze(0) * self.scen_w).permute(1, 0, 2).reshape(i, s * o)
+        out = (x @ w).view(-1, s, o) + (self.shared_b + self.scen_b).unsqueeze(0)
         return gather_scenario(out, scenario)
+
+    def _one_scenario(self, x: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+        # All rows in one scenario (a serving request): that scenario's weights only, 1/S of the work.
+        s0 = scenario[:1].clamp(0, self.scen_w.shape[0] - 1)
+        w = self.shared_w * self.scen_w.index_select(0, s0).squeeze(0)
+        return x @ w + (self.shared_b + self.scen_b.index_select(0, s0))
 
 
 class Star(Backbone):
