@@ -275,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         "the reading process' CPU time per read (time.process_time), \"server time\" is Redis' own "
         "time in the read commands per read (INFO commandstats, HMGET + pointer GET): on a machine "
         "whose CPUs are oversubscribed the wall time is mostly waiting for a CPU, and these two say "
-        "what a read costs.",
+        "what a read costs. Both stores run with their read-path settings: glibc heap kept for reuse "
+        "(`feature_store.online.base.tune_malloc`, off with LLM4MSR_MALLOC_TUNING=0: ~0.5-1 ms more CPU "
+        "per 1000-user read in page faults), the local store's in-memory hash index built by the warm-up read.",
         "",
         "## Redis memory",
         "",

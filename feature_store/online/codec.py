@@ -112,10 +112,27 @@ class Decoded:
     malformed: int
 
 
-@functools.lru_cache(maxsize=1)
-def _f16_table() -> np.ndarray:
-    """float32 value of every float16 bit pattern (256 KiB): decoding is one gather."""
-    return np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+_F16_SIGN_AND_MAGNITUDE = np.array(0x8FFFE000, dtype=np.uint32).view(np.int32)[()]
+_F16_EXP_ALL_ONES = np.int32(0x0F800000)  # float16 exponent 31 (inf/nan) after the shift
+_F16_TO_F32_SCALE = np.float32(2.0**112)  # 2 ** (127 - 15): rebias the exponent
+
+
+def f16_to_f32(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 copy of a 2-d float16 array, per-row "all finite" mask), exact for every finite
+    value (subnormals and -0 included; rows with inf/nan are flagged, their values are garbage).
+
+    Integer shifts + one multiply, four passes and no temporaries: numpy's own float16 cast has no
+    SIMD path here and a 64k-entry lookup table first casts the indices to intp (2 MiB per 1000 x
+    256), both ~1.5-2.5x slower. The sign-extended int16 -> int32 cast puts the sign in bit 31;
+    << 13 moves exponent + mantissa into float32 position; the mask clears the sign-extension
+    bits in between; * 2**112 rebiases the exponent (and turns subnormals into normals)."""
+    x = raw.view(np.int16).astype(np.int32)
+    x <<= 13
+    x &= _F16_SIGN_AND_MAGNITUDE
+    finite = ((x & _F16_EXP_ALL_ONES) != _F16_EXP_ALL_ONES).all(axis=1)
+    f = x.view(np.float32)
+    f *= _F16_TO_F32_SCALE
+    return f, finite
 
 
 def check_records(
@@ -130,10 +147,9 @@ def check_records(
         & (recs["ver"] == np.uint64(layout.vhash))
     )
     raw = recs["vec"]
-    if raw.dtype.itemsize == 2:  # float16: exponent all ones = inf/nan (cheaper than isfinite on f16)
-        bits = raw.view(np.uint16)
-        ok &= ((bits & 0x7C00) != 0x7C00).all(axis=1)
-        vecs = np.take(_f16_table(), bits)  # exact, and ~2x faster than numpy's float16 cast here
+    if raw.dtype.itemsize == 2:
+        vecs, finite = f16_to_f32(raw)
+        ok &= finite
     else:
         vecs = raw.astype(np.float32)
         ok &= np.isfinite(vecs).all(axis=1)
@@ -143,20 +159,39 @@ def check_records(
     return vecs, ok, stale
 
 
+def inverse_permutation(order: np.ndarray) -> np.ndarray:
+    inv = np.empty_like(order)
+    inv[order] = np.arange(len(order), dtype=order.dtype)
+    return inv
+
+
 def decode_values(
-    layout: Layout, values: list[bytes | None], max_age_seconds: int | None, now: float
+    layout: Layout,
+    values: list[bytes | None],
+    max_age_seconds: int | None,
+    now: float,
+    order: np.ndarray | None = None,
 ) -> Decoded:
-    """Decode a batch of raw values (None = key absent). Never raises on bad bytes."""
+    """Decode a batch of raw values (None = key absent). Never raises on bad bytes.
+
+    `order` (optional): values[k] is the value of output row order[k] (a permutation), so a backend
+    that fetched values grouped differently (Redis: per bucket) gets rows back in request order
+    with one vectorised gather instead of a Python reordering loop."""
     n = len(values)
     size = layout.size
     if n and None not in values and set(map(len, values)) == {size}:
         # common case, no per-value Python work: every value present with the right length
         recs = np.frombuffer(b"".join(values), dtype=layout.rec)  # type: ignore[arg-type]
+        if order is not None:
+            # request order: one row gather (as opaque records: ~3x cheaper than field by field)
+            recs = recs.view(np.dtype((np.void, size)))[inverse_permutation(order)].view(layout.rec)
         vecs, ok, stale = check_records(layout, recs, max_age_seconds, now)
         use = ok & ~stale
         if not use.all():
             vecs[~use] = 0.0
         return Decoded(vecs, use, 0, int(stale.sum()), int((~ok).sum()))
+    if order is not None:  # rare path (absent or wrong-length values): reorder in Python
+        values = [values[k] for k in inverse_permutation(order).tolist()]
     out = np.zeros((n, layout.dimension), dtype=np.float32)
     found = np.zeros(n, dtype=bool)
     lengths = [-1 if v is None else len(v) for v in values]

@@ -42,6 +42,73 @@ PROGRESS_EVERY_S = 0.5
 PROGRESS_EVERY_CHUNKS = 8
 
 
+HASH_CHUNK = 1 << 16
+# Below this many ids a binary search is cheaper than the hash index' fixed cost (~60 numpy calls).
+HASH_MIN_BATCH = 48
+_FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+_S33, _M1, _M2 = np.uint64(33), np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
+
+
+def id_hashes(ids: np.ndarray) -> np.ndarray:
+    """64-bit FNV-1a hash of each fixed-width unicode id, vectorised over characters (columns)."""
+    width = ids.dtype.itemsize // 4
+    out = np.empty(len(ids), dtype=np.uint64)
+    for s in range(0, len(ids), HASH_CHUNK):
+        cps = np.ascontiguousarray(ids[s : s + HASH_CHUNK]).view(np.uint32).reshape(-1, width)
+        h = np.full(len(cps), _FNV_OFFSET, dtype=np.uint64)
+        for j in range(width):
+            h ^= cps[:, j]
+            h *= _FNV_PRIME
+        h ^= h >> _S33  # murmur3 finaliser: FNV's high bits are poorly mixed for short ids, and the
+        h *= _M1  # directory below buckets by the high bits
+        h ^= h >> _S33
+        h *= _M2
+        h ^= h >> _S33
+        out[s : s + len(cps)] = h
+    return out
+
+
+class HashIndex:
+    """In-memory hash index over a memory-mapped sorted id array (~24 bytes per id, built once per
+    opened version in ~0.15 s per million ids). Ids' 64-bit hashes are sorted; a directory over
+    their top bits gives each query a range of ~1 candidate, so a lookup costs a few cache misses
+    instead of a 20-step binary search over unicode strings (~5x cheaper for 1000 ids out of 1M),
+    and one exact id comparison settles it. Built only when the hashes are collision-free
+    (otherwise the store falls back to the plain binary search)."""
+
+    def __init__(self, sorted_hashes: np.ndarray, positions: np.ndarray):
+        self.hashes = sorted_hashes
+        self.positions = positions
+        bits = max(1, int(np.ceil(np.log2(max(len(sorted_hashes), 2)))))
+        self.shift = np.uint64(64 - bits)
+        top = sorted_hashes >> self.shift
+        self.directory = np.searchsorted(top, np.arange(2**bits + 1, dtype=np.uint64))
+
+    @classmethod
+    def build(cls, index: np.ndarray) -> HashIndex | None:
+        h = id_hashes(index)
+        order = np.argsort(h, kind="stable")
+        h = h[order]
+        if len(h) > 1 and bool((h[1:] == h[:-1]).any()):
+            return None
+        return cls(h, order)
+
+    def lookup(self, index: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row of each query id, present mask) for queries `q` (numpy unicode)."""
+        qh = id_hashes(q.astype(index.dtype))  # truncated ids hash wrongly or fail the exact check
+        b = (qh >> self.shift).astype(np.intp)
+        j, hi = self.directory[b], self.directory[b + 1]
+        live = np.flatnonzero(j < hi)
+        while live.size:  # first hash >= the query's within its (tiny) directory range
+            live = live[self.hashes[j[live]] < qh[live]]
+            j[live] += 1
+            live = live[j[live] < hi[live]]
+        j = np.minimum(j, len(self.hashes) - 1)
+        pos = self.positions[j]
+        present = (self.hashes[j] == qh) & (index[pos] == q)
+        return pos, present
+
+
 def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
@@ -57,7 +124,7 @@ class LocalStore(OnlineStore):
     def __init__(self, root: str | Path, cfg: StoreConfig):
         super().__init__(str(root), cfg)
         self.root = Path(root)
-        self._maps: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._maps: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, HashIndex | None]] = {}
         self._maps_lock = threading.Lock()
         self._writers: dict[tuple[str, str], Any] = {}
         self._progress: dict[str, dict[str, int]] = {}
@@ -120,7 +187,9 @@ class LocalStore(OnlineStore):
             return []
 
     # ------------------------------------------------------------------ reading
-    def _open(self, version: StoreVersion, kind: str) -> tuple[np.ndarray, np.ndarray] | None:
+    def _open(
+        self, version: StoreVersion, kind: str
+    ) -> tuple[np.ndarray, np.ndarray, HashIndex | None] | None:
         d = self._dir(version.version)
         if d is None:
             return None
@@ -142,14 +211,16 @@ class LocalStore(OnlineStore):
             if len(ids)
             else np.zeros(0, dtype=np.dtype((np.void, size)))
         )
+        final = d.parent.name == "versions"  # staging maps are short-lived (verification only)
+        hidx = HashIndex.build(ids) if final and len(ids) else None
         with self._maps_lock:
-            if d.parent.name == "versions":  # staging maps are short-lived (verification only)
+            if final:
                 stale = [k for k in self._maps if k[0] != str(d)]
                 if len(self._maps) > 8:
                     for k in stale:
                         self._maps.pop(k, None)
-                self._maps[key] = (ids, values)
-        return ids, values
+                self._maps[key] = (ids, values, hidx)
+        return ids, values, hidx
 
     def _locate(
         self, version: StoreVersion, kind: str, ids: Sequence[str]
@@ -159,10 +230,15 @@ class LocalStore(OnlineStore):
         present = np.zeros(len(ids), dtype=bool)
         if opened is None or not len(ids) or len(opened[0]) == 0:
             return np.zeros(0, dtype=np.dtype((np.void, version.layout.size))), present, np.zeros(0, np.int64)
-        index, values = opened
+        index, values, hidx = opened
         q = np.asarray(ids, dtype=str)
-        pos = np.minimum(np.searchsorted(index, q), len(index) - 1)
-        present = index[pos] == q
+        if hidx is not None and len(q) >= HASH_MIN_BATCH:
+            pos, present = hidx.lookup(index, q)
+        else:
+            pos = np.minimum(np.searchsorted(index, q), len(index) - 1)
+            present = index[pos] == q
+        if bool(present.all()):  # the usual case: one fancy-index gather, no mask copies
+            return np.asarray(values[pos]), present, pos
         return np.asarray(values[pos[present]]), present, pos[present]
 
     def _read_decoded(self, version: StoreVersion, kind: str, ids: Sequence[str]) -> codec.Decoded:
@@ -175,7 +251,7 @@ class LocalStore(OnlineStore):
         out: list[bytes | None] = [None] * len(ids)
         if opened is None or not len(ids):
             return out
-        index, values = opened
+        index, values, _ = opened
         if len(index) == 0:
             return out
         q = np.asarray(ids, dtype=str)

@@ -25,12 +25,15 @@ version's keys get EXPIRE old_version_ttl_seconds (meta first, buckets a minute 
 so a version whose metadata still exists always has its data); a version brought back by
 rollback is PERSISTed (meta first) before the pointer moves to it.
 
-Reads: HMGET(s) on a pooled hiredis connection, socket timeouts `timeout_ms`, at most one
-reconnect attempt; the pointer, the metadata and the bucket count are cached for `pointer_cache_ms`.
+Reads: HMGET(s) on a pooled hiredis connection, all sent in one socket write, socket timeouts
+`timeout_ms`, at most one reconnect attempt; the values are decoded in bucket order and put back
+in request order with one numpy row gather; the pointer, the metadata and the bucket count are
+cached for `pointer_cache_ms`.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -63,6 +66,21 @@ def value_location(namespace: str, version: str, kind: str, entity_id: str, buck
     """(hash key, field) holding one entity's value; for tools and tests that touch values directly."""
     b = int(bucket_of([entity_id], buckets)[0])
     return f"{namespace}:h:{version}:{kind}:{b}", entity_id
+
+
+def pack_hmget(key: str, fields: Sequence[str], pack: Callable[[tuple[Any, ...]], bytes]) -> bytes:
+    """RESP of HMGET key fields...: with ASCII ids of one length (the usual case) two C-level string
+    joins, ~2x cheaper than packing argument by argument; anything else goes through `pack`."""
+    if fields:
+        lengths = set(map(len, fields))
+        if len(lengths) == 1:
+            width = lengths.pop()
+            body = f"\r\n${width}\r\n".join(fields)
+            kb = key.encode("utf-8")
+            if body.isascii():
+                head = b"*%d\r\n$5\r\nHMGET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(fields) + 2, len(kb), kb, width)
+                return head + body.encode("ascii") + b"\r\n"
+    return pack(("HMGET", key, *fields))
 
 
 def _packer() -> Callable[[tuple[Any, ...]], bytes]:
@@ -212,34 +230,42 @@ class RedisStore(OnlineStore):
         ]
 
     # ------------------------------------------------------------------ reading
-    def _read_raw(self, version: StoreVersion, kind: str, ids: Sequence[str]) -> list[bytes | None]:
-        if not ids:
-            return []
+    def _fetch(
+        self, version: StoreVersion, kind: str, ids: Sequence[str]
+    ) -> tuple[list[bytes | None], np.ndarray | None]:
+        """Raw values grouped by bucket, and `order` (values[k] belongs to ids[order[k]]; None when
+        they already are in request order). One HMGET per bucket touched, all sent in one write."""
         fields = list(map(str, ids))
         prefix = self._bucket_prefix(version.version, kind)
         nb = self.buckets(version.version)
         if nb == 1:
-            return self._roundtrip([self._pack(("HMGET", prefix + "0", *fields))])[0]
-        # group by bucket: one HMGET per bucket touched, one round trip, then back to request order
+            return self._roundtrip([pack_hmget(prefix + "0", fields, self._pack)])[0], None
         bucket = bucket_of(fields, nb)
         order = np.argsort(bucket, kind="stable")
         sorted_b = bucket[order]
-        bounds = np.flatnonzero(np.diff(sorted_b)) + 1
-        starts = [0, *bounds.tolist()]
-        ends = [*bounds.tolist(), len(fields)]
-        order_l = order.tolist()
-        in_order = [fields[i] for i in order_l]
+        cuts = [0, *(np.flatnonzero(np.diff(sorted_b)) + 1).tolist(), len(fields)]
+        in_order = np.asarray(fields, dtype=object)[order].tolist()
         packed = [
-            self._pack(("HMGET", prefix + str(int(sorted_b[a])), *in_order[a:b]))
-            for a, b in zip(starts, ends, strict=True)
+            pack_hmget(prefix + str(int(sorted_b[a])), in_order[a:b], self._pack)
+            for a, b in zip(cuts, cuts[1:], strict=False)
         ]
-        got: list[bytes | None] = []
-        for part in self._roundtrip(packed):
-            got += part
-        out: list[bytes | None] = [None] * len(fields)
-        for i, v in zip(order_l, got, strict=True):
+        return list(itertools.chain.from_iterable(self._roundtrip(packed))), order
+
+    def _read_raw(self, version: StoreVersion, kind: str, ids: Sequence[str]) -> list[bytes | None]:
+        if not ids:
+            return []
+        got, order = self._fetch(version, kind, ids)
+        if order is None:
+            return got
+        out: list[bytes | None] = [None] * len(got)
+        for i, v in zip(order.tolist(), got, strict=True):
             out[i] = v
         return out
+
+    def _read_decoded(self, version: StoreVersion, kind: str, ids: Sequence[str]) -> codec.Decoded:
+        """Values decoded straight from bucket order (the reordering is one numpy gather)."""
+        got, order = self._fetch(version, kind, ids)
+        return codec.decode_values(version.layout, got, self.cfg.max_age_seconds, time.time(), order)
 
     # ------------------------------------------------------------------ writing
     def _begin_version(self, meta: StoreVersion) -> dict[str, int]:
@@ -383,7 +409,11 @@ class RedisStore(OnlineStore):
         for attempt in (0, 1):
             conn = self._rpool.get_connection()
             try:
-                conn.send_packed_command(packed, check_health=False)
+                # one buffer, one sendall: redis-py would write each command separately, and every
+                # write wakes the server for a partial batch (a syscall and a context switch each)
+                conn.send_packed_command(
+                    [b"".join(packed)] if len(packed) > 1 else packed, check_health=False
+                )
                 return [conn.read_response() for _ in packed]
             except self._redis.ConnectionError:
                 conn.disconnect()
