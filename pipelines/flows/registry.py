@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from llm4msr.atomic import atomic_directory, write_json_atomic, write_text_atomic
+from llm4msr.atomic import atomic_directory, write_json_atomic
+from llm4msr.versioned import VersionedFolders
 
 log = logging.getLogger(__name__)
 
@@ -95,32 +96,12 @@ def new_model_id() -> str:
     return dt.datetime.now(dt.UTC).strftime("m%Y%m%dT%H%M%S%fZ")
 
 
-class ModelRegistry:
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.versions_dir = self.root / "versions"
+class ModelRegistry(VersionedFolders):
+    """Registered models: versions/<id>/ + CURRENT + HISTORY (see llm4msr.versioned)."""
 
-    # ---- reading
-    def list_versions(self) -> list[str]:
-        if not self.versions_dir.is_dir():
-            return []
-        return sorted(
-            p.name for p in self.versions_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
-
-    def current_id(self) -> str | None:
-        pointer = self.root / "CURRENT"
-        if not pointer.is_file():
-            return None
-        return pointer.read_text().strip() or None
-
-    def path_of(self, model_id: str) -> Path:
-        path = self.versions_dir / model_id
-        if not (path / REGISTRY_FILE).is_file():
-            raise RegistryError(
-                f"model {model_id!r} not found under {self.versions_dir} (no {REGISTRY_FILE})"
-            )
-        return path
+    kind = "model registry"
+    marker = REGISTRY_FILE
+    error = RegistryError
 
     def current_path(self) -> Path | None:
         cid = self.current_id()
@@ -133,11 +114,6 @@ class ModelRegistry:
         cid = self.current_id()
         return self.entry(cid) if cid else None
 
-    def history(self) -> list[str]:
-        hist = self.root / "HISTORY"
-        return [x for x in hist.read_text().split() if x] if hist.is_file() else []
-
-    # ---- writing
     def register(
         self,
         export_dir: str | Path,
@@ -160,36 +136,3 @@ class ModelRegistry:
         if make_current:
             self.set_current(mid)
         return mid
-
-    def set_current(self, model_id: str) -> None:
-        self.path_of(model_id)
-        previous = self.current_id()
-        if previous == model_id:
-            return
-        hist = self.history()
-        if previous:
-            hist.append(previous)
-        write_text_atomic(self.root / "HISTORY", "\n".join(hist) + ("\n" if hist else ""))
-        write_text_atomic(self.root / "CURRENT", model_id + "\n")
-        log.info("model registry %s: current %s -> %s", self.root, previous, model_id)
-
-    def rollback(self) -> str:
-        """Make the previously current model current again; returns its id."""
-        hist = self.history()
-        current = self.current_id()
-        while hist:
-            candidate = hist.pop()
-            if candidate != current and (self.versions_dir / candidate / REGISTRY_FILE).is_file():
-                write_text_atomic(self.root / "HISTORY", "\n".join(hist) + ("\n" if hist else ""))
-                write_text_atomic(self.root / "CURRENT", candidate + "\n")
-                return candidate
-        raise RegistryError(f"model registry {self.root}: no previous version to roll back to")
-
-    def retain(self, keep: int) -> list[str]:
-        """Delete all but the newest `keep` versions (never the current one); returns deleted ids."""
-        current = self.current_id()
-        versions = self.list_versions()
-        doomed = [v for v in versions[: max(0, len(versions) - keep)] if v != current]
-        for v in doomed:
-            shutil.rmtree(self.versions_dir / v, ignore_errors=True)
-        return doomed

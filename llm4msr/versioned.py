@@ -1,0 +1,113 @@
+"""Versioned folders with an atomically switched "current" pointer.
+
+    ROOT/versions/<id>/   immutable version folders, complete when they hold the marker file
+    ROOT/CURRENT          the current id (one line), replaced atomically
+    ROOT/HISTORY          ids that were current, oldest first (for rollback)
+
+The offline knowledge store and the model registry are both this: a version is written to a
+temporary folder, renamed into `versions/` when complete, and only then made current, so readers
+see the previous version or the new one, never a partial one. Subclasses say what a complete
+version is (`marker`, `validate`) and which error they raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from llm4msr.atomic import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+class VersionedFolders:
+    kind = "versioned store"  # used in messages: "offline store", "model registry"
+    marker = "manifest.json"  # a version folder without it is incomplete
+    error: type[Exception] = ValueError
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+
+    def validate(self, path: Path) -> None:
+        """Raise `self.error` if `path` is not a complete, valid version (hook for subclasses)."""
+
+    # ---- reading
+    def list_versions(self) -> list[str]:
+        if not self.versions_dir.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.versions_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+
+    def is_complete(self, version: str) -> bool:
+        return (self.versions_dir / version / self.marker).is_file()
+
+    def path_of(self, version: str) -> Path:
+        if not self.is_complete(version):
+            raise self.error(f"{self.kind} {self.root}: version {version!r} not found (no {self.marker})")
+        return self.versions_dir / version
+
+    def current_id(self) -> str | None:
+        pointer = self.root / "CURRENT"
+        if not pointer.is_file():
+            return None
+        return pointer.read_text().strip() or None
+
+    def current_path(self) -> Path | None:
+        cid = self.current_id()
+        return self.versions_dir / cid if cid else None
+
+    def history(self) -> list[str]:
+        hist = self.root / "HISTORY"
+        return [x for x in hist.read_text().split() if x] if hist.is_file() else []
+
+    # ---- switching
+    def _write_pointers(self, current: str, history: list[str]) -> None:
+        write_text_atomic(self.root / "HISTORY", "\n".join(history) + ("\n" if history else ""))
+        write_text_atomic(self.root / "CURRENT", current + "\n")
+
+    def set_current(self, version: str) -> None:
+        self.validate(self.path_of(version))
+        previous = self.current_id()
+        if previous == version:
+            return
+        hist = self.history() + ([previous] if previous else [])
+        self._write_pointers(version, hist)
+        log.info("%s %s: current %s -> %s", self.kind, self.root, previous, version)
+
+    def rollback(self) -> str:
+        """Make the previously current version current again; returns its id."""
+        hist = self.history()
+        current = self.current_id()
+        while hist:
+            candidate = hist.pop()
+            if candidate != current and self.is_complete(candidate):
+                self._write_pointers(candidate, hist)
+                log.info("%s %s: rolled back %s -> %s", self.kind, self.root, current, candidate)
+                return candidate
+        raise self.error(f"{self.kind} {self.root}: no previous version to roll back to")
+
+    def retain(self, keep: int) -> list[str]:
+        """Delete all but the newest `keep` versions (never the current one); returns deleted ids."""
+        current = self.current_id()
+
+        def published(v: str) -> tuple[int, str]:  # oldest first by completion time, id as tie-break
+            marker = self.versions_dir / v / self.marker
+            return (marker.stat().st_mtime_ns if marker.is_file() else 0, v)
+
+        versions = sorted(self.list_versions(), key=published)
+        doomed = [v for v in versions[: max(0, len(versions) - keep)] if v != current]
+        for v in doomed:
+            shutil.rmtree(self.versions_dir / v, ignore_errors=True)
+        if doomed:
+            log.info(
+                "%s %s: deleted %d old version(s) (keep %d): %s",
+                self.kind,
+                self.root,
+                len(doomed),
+                keep,
+                doomed,
+            )
+        return doomed
