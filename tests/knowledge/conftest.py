@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from feature_store.dataset import CanonicalDataset, write_dataset
+from feature_store.schema import INTERACTIONS_SCHEMA
 from knowledge_service.simulate import churn  # noqa: F401 - re-exported for the tests
 
 SCENARIOS = [
@@ -58,14 +59,7 @@ def tiny_dataset(
         users.append({"user_id": uid, "train_cutoff": cutoff, "age_group": "25-34" if u % 2 else "18-24"})
     interactions = pl.DataFrame(
         inter,
-        schema={
-            "user_id": pl.String,
-            "item_id": pl.String,
-            "scenario_id": pl.String,
-            "label": pl.Int8,
-            "timestamp": pl.Int64,
-            "split": pl.String,
-        },
+        schema=INTERACTIONS_SCHEMA,
         orient="row",
     )
     scen = [(s, n, scenario_description or d) for s, n, d in SCENARIOS]

@@ -8,21 +8,10 @@ import pytest
 import torch
 
 from llm4msr.config import Settings, load_config
-from tests.ranker.helpers import make_dataset, make_snapshot
+from tests.ranker.helpers import FAST_TRAIN, make_dataset, make_snapshot
 
 # The CI/dev machine has 2 shared cores; more than one intra-op thread only adds contention here.
 torch.set_num_threads(1)
-
-FAST = [
-    "train.threads=1",
-    "train.epochs=1",
-    "train.batch_size=256",
-    "train.hidden_dims=[32,16]",
-    "train.embedding_dim=8",
-    "train.meta.knowledge_proj_dim=16",
-    "train.meta.rank=4",
-    "eval.n_negatives=20",
-]
 
 
 @pytest.fixture(scope="session")
@@ -38,4 +27,4 @@ def tiny_knowledge(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) ->
 
 
 def fast_settings(*overrides: str) -> Settings:
-    return load_config(overrides=[*FAST, *overrides])
+    return load_config(overrides=[*FAST_TRAIN, *overrides])

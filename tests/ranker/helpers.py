@@ -10,6 +10,7 @@ import polars as pl
 from feature_store.dataset import CanonicalDataset, write_dataset
 from feature_store.knowledge_snapshot import KnowledgeRows, knowledge_family, write_snapshot_files
 from feature_store.offline_store import OfflineStore
+from feature_store.schema import INTERACTIONS_SCHEMA
 
 
 def make_dataset(
@@ -37,14 +38,7 @@ def make_dataset(
             rows.append((f"u{u}", f"i{i}", f"s{s}", int(rng.random() < p), t, split))
     inter = pl.DataFrame(
         rows,
-        schema={
-            "user_id": pl.String,
-            "item_id": pl.String,
-            "scenario_id": pl.String,
-            "label": pl.Int8,
-            "timestamp": pl.Int64,
-            "split": pl.String,
-        },
+        schema=INTERACTIONS_SCHEMA,
         orient="row",
     )
     users = pl.DataFrame(
@@ -130,3 +124,16 @@ def make_snapshot(
         )
     store.set_current(sid)
     return root
+
+
+# Training overrides that keep a test run to seconds (tiny model, one epoch, one thread).
+FAST_TRAIN = [
+    "train.threads=1",
+    "train.epochs=1",
+    "train.batch_size=256",
+    "train.hidden_dims=[32,16]",
+    "train.embedding_dim=8",
+    "train.meta.knowledge_proj_dim=16",
+    "train.meta.rank=4",
+    "eval.n_negatives=20",
+]

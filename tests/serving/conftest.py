@@ -16,21 +16,11 @@ import torch
 
 from feature_store.offline_store import OfflineStore
 from llm4msr.config import ServeConfig, StoreConfig, load_config
-from tests.ranker.helpers import make_dataset, make_snapshot
+from tests.ranker.helpers import FAST_TRAIN, make_dataset, make_snapshot
 
 torch.set_num_threads(1)
 
 DIM = 8
-FAST_TRAIN = [
-    "train.threads=1",
-    "train.epochs=1",
-    "train.batch_size=256",
-    "train.hidden_dims=[32,16]",
-    "train.embedding_dim=8",
-    "train.meta.knowledge_proj_dim=16",
-    "train.meta.rank=4",
-    "eval.n_negatives=20",
-]
 
 
 @dataclass
