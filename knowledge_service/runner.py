@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +30,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from feature_store.dataset import load_dataset, validate
 from feature_store.knowledge_snapshot import (
@@ -49,6 +47,7 @@ from knowledge_service.models import KnowledgeError, load_tokenizer, model_info
 from knowledge_service.prompts import Prompt, load_template, scenario_prompts, user_prompts
 from llm4msr.atomic import sha256_file, sha256_text, write_bytes_atomic, write_json_atomic
 from llm4msr.config import KnowledgeConfig
+from llm4msr.progress import progress
 from llm4msr.provenance import provenance
 
 log = logging.getLogger(__name__)
@@ -366,9 +365,7 @@ def encode_shard(kp: KnowledgePlan, shard_index: int, backend: Backend | None = 
         order = sorted(
             range(len(recs)), key=lambda j: (len(recs[j].token_ids), j)
         )  # similar lengths per batch
-        bar = tqdm(
-            total=len(recs), desc=f"shard {shard_index}", unit="prompt", disable=not sys.stderr.isatty()
-        )
+        bar = progress(len(recs), f"shard {shard_index}", "prompt", logger=log)
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
             ids = [recs[j].token_ids for j in idx]

@@ -41,6 +41,35 @@ def uniform_or_per_row(
     return out.index_copy(0, idx, rows)
 
 
+def row_groups(
+    key: torch.Tensor, hint: torch.Tensor, max_fraction: float = 0.25
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Eager only: (one representative row per group, group of every row) when the batch's `key`
+    rows take few distinct values, else None.
+
+    A training batch holds a handful of scenarios, and an evaluation batch of ranked candidates a
+    handful of users, yet the meta networks would generate weights once per row. Grouping rows by
+    `hint` (an id column: cheap to sort) and generating once per group is the same function at
+    1/(rows per group) of the cost. The grouping is checked against `key` itself (the vectors the
+    weights are generated from), so a hint that does not determine the key only costs the check.
+    Export and tracing take the per-row graph (no data-dependent shapes in an exported model).
+    """
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting():
+        return None
+    b = key.shape[0]
+    if b < 8:
+        return None
+    _, inverse = torch.unique(hint, return_inverse=True)
+    n = int(inverse.max()) + 1
+    if n > max_fraction * b:
+        return None
+    rows = torch.arange(b, device=key.device)
+    rep = torch.full((n,), b, dtype=torch.long, device=key.device).scatter_reduce(0, inverse, rows, "amin")
+    if not torch.equal(key.index_select(0, rep).index_select(0, inverse), key):
+        return None
+    return rep, inverse
+
+
 def gather_scenario(per_scenario: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
     """Pick row `scenario[b]` of `per_scenario` [B, S, ...] for every b -> [B, ...] (an ONNX Gather)."""
     b, s = per_scenario.shape[0], per_scenario.shape[1]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ranker.layers import KnowledgeNorm, KnowledgeProjector, uniform_or_per_row
+from ranker.layers import KnowledgeNorm, KnowledgeProjector, row_groups, uniform_or_per_row
 
 
 class UserFallback(nn.Module):
@@ -79,15 +79,24 @@ class GeneratedLinear(nn.Module):
         return delta + self.gen_b(c)
 
     def _per_row(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
+        return self.grouped(x, ctx, None)
+
+    def grouped(self, x: torch.Tensor, ctx: torch.Tensor, inverse: torch.Tensor | None) -> torch.Tensor:
+        """Generate weights once per row of `ctx` and apply them to the rows of `x` that use them:
+        row i uses ctx[inverse[i]] (ctx row i when `inverse` is None). See `row_groups`."""
+        n = ctx.shape[0]
+
+        def per_row(t: torch.Tensor) -> torch.Tensor:
+            return t if inverse is None else t.index_select(0, inverse)
+
         if self.mode == "lowrank":
-            u = self.gen_u(ctx).view(b, self.d_out, self.rank)
-            v = self.gen_v(ctx).view(b, self.d_in, self.rank)
+            u = per_row(self.gen_u(ctx).view(n, self.d_out, self.rank))
+            v = per_row(self.gen_v(ctx).view(n, self.d_in, self.rank))
             delta = torch.bmm(u, torch.bmm(v.transpose(1, 2), x.unsqueeze(-1))).squeeze(-1)
         else:
-            w = self.gen_w(ctx).view(b, self.d_out, self.d_in)
+            w = per_row(self.gen_w(ctx).view(n, self.d_out, self.d_in))
             delta = torch.bmm(w, x.unsqueeze(-1)).squeeze(-1)
-        return delta + self.gen_b(ctx)
+        return delta + per_row(self.gen_b(ctx))
 
 
 class UserMetaNetwork(nn.Module):
@@ -100,10 +109,22 @@ class UserMetaNetwork(nn.Module):
         self.layers = nn.ModuleList(GeneratedLinear(proj_dim, d, d, mode, rank) for _ in range(n_layers))
 
     def forward(
-        self, emb: torch.Tensor, user_knowledge: torch.Tensor, has_knowledge: torch.Tensor
+        self,
+        emb: torch.Tensor,
+        user_knowledge: torch.Tensor,
+        has_knowledge: torch.Tensor,
+        user_ids: torch.Tensor,
     ) -> torch.Tensor:
-        p = self.project(self.fallback(user_knowledge, has_knowledge))
+        h = self.fallback(user_knowledge, has_knowledge)
         x = emb.flatten(1)
+        groups = row_groups(h, user_ids)  # eager batches of few users (ranked candidates)
+        if groups is not None:
+            rep, inverse = groups
+            p = self.project(h.index_select(0, rep))
+            for layer in self.layers:
+                x = x + layer.grouped(x, p, inverse)
+            return x.view_as(emb)
+        p = self.project(h)
         for layer in self.layers:
             x = x + layer(x, p)
         return x.view_as(emb)
@@ -130,16 +151,30 @@ class ScenarioMetaNetwork(nn.Module):
         self.gate = nn.Linear(proj_dim, 1) if merge == "gate" else None
 
     def forward(
-        self, backbone_logit: torch.Tensor, emb: torch.Tensor, scenario_knowledge: torch.Tensor
+        self,
+        backbone_logit: torch.Tensor,
+        emb: torch.Tensor,
+        scenario_knowledge: torch.Tensor,
+        scenario: torch.Tensor,
     ) -> torch.Tensor:
-        p = self.project(scenario_knowledge)
+        groups = row_groups(scenario_knowledge, scenario)  # eager batches: a few scenarios each
+        inverse = None
+        if groups is not None:
+            rep, inverse = groups
+            p = self.project(scenario_knowledge.index_select(0, rep))
+        else:
+            p = self.project(scenario_knowledge)
+
+        def per_row(t: torch.Tensor) -> torch.Tensor:
+            return t if inverse is None else t.index_select(0, inverse)
+
         z = emb.flatten(1)
         for base, gen in zip(self.base, self.generated, strict=True):
-            z = torch.relu(base(z) + gen(z, p))
-        logit = (z * self.out_w(p)).sum(-1) + self.out_b(p).squeeze(-1)
+            z = torch.relu(base(z) + (gen(z, p) if inverse is None else gen.grouped(z, p, inverse)))
+        logit = (z * per_row(self.out_w(p))).sum(-1) + per_row(self.out_b(p)).squeeze(-1)
         if self.gate is None:
             return backbone_logit + logit
-        g = torch.sigmoid(self.gate(p)).squeeze(-1)
+        g = per_row(torch.sigmoid(self.gate(p))).squeeze(-1)
         return g * backbone_logit + (1.0 - g) * logit
 
 

@@ -24,6 +24,7 @@ class RankerModel(nn.Module):
     def __init__(self, spec: FeatureSpec, cfg: TrainConfig):
         super().__init__()
         self.spec_scenario_index = spec.scenario_index
+        self.user_index = spec.index_of("user_id")
         self.n_scenarios = spec.n_scenarios
         self.use_llm = cfg.use_llm
         meta = cfg.meta
@@ -95,12 +96,12 @@ class RankerModel(nn.Module):
         scenario = sparse_ids[:, self.spec_scenario_index].clamp(0, self.n_scenarios - 1)
         emb = self.embedding(sparse_ids)
         if self.user_meta is not None:
-            emb = self.user_meta(emb, user_knowledge, user_has_knowledge)
+            emb = self.user_meta(emb, user_knowledge, user_has_knowledge, sparse_ids[:, self.user_index])
         if self.concat is not None:
             emb = self.concat(emb, user_knowledge, user_has_knowledge, scenario_knowledge)
         out = self.backbone(emb, scenario)
         if self.scenario_meta is not None:
-            out = self.scenario_meta(out, emb, scenario_knowledge)
+            out = self.scenario_meta(out, emb, scenario_knowledge, scenario)
         return out
 
     def forward(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import logging
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +26,11 @@ import numpy as np
 import polars as pl
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from feature_store.dataset import CanonicalDataset, DataError, load_dataset
 from llm4msr.atomic import atomic_directory, write_json_atomic, write_text_atomic
 from llm4msr.config import EvalConfig, Settings, dump_config
+from llm4msr.progress import progress
 from llm4msr.provenance import provenance
 from ranker import metrics as M
 from ranker.features import SPEC_FILE, FeatureSpec, build_spec
@@ -202,15 +201,14 @@ def _fit(
     loss_fn = nn.BCEWithLogitsLoss()
     history: list[dict[str, Any]] = []
     best_state, best_auc, best_epoch, bad = None, -1.0, 0, 0
-    tty = sys.stderr.isatty()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         perm = torch.randperm(len(train), generator=gen)
         t0 = time.perf_counter()
         total, n = 0.0, 0
-        bar = tqdm(range(steps), desc=f"epoch {epoch} lr={lr:g}", disable=not tty, leave=False)
-        for step in bar:
+        bar = progress(steps, f"epoch {epoch} lr={lr:g}", "step", logger=log, leave=False)
+        for step in range(steps):
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             if idx.numel() < 2:
                 continue
@@ -223,6 +221,8 @@ def _fit(
                 sched.step()
             total += float(loss.detach()) * idx.numel()
             n += idx.numel()
+            bar.update(1)
+        bar.close()
         seconds = time.perf_counter() - t0
         scores = predict(model, valid, kin, cfg.eval_batch_size)
         y = valid.labels.numpy()

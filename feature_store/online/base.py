@@ -30,10 +30,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from feature_store.online import codec
 from llm4msr.config import StoreConfig
+from llm4msr.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +401,7 @@ class OnlineStore(ABC):
         done = self._begin_version(meta)
         layout = meta.layout
         total = sum(counts.values())
-        with tqdm(total=total, unit="keys", desc=f"write {version}", disable=None, leave=False) as bar:
+        with progress(total, f"write {version}", "keys", logger=log, leave=False) as bar:
             try:
                 self._write_all(version, entities, done, layout, stats, bar, on_chunk)
             finally:

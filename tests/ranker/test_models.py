@@ -192,3 +192,68 @@ def test_knowledge_standardisation_uses_snapshot_statistics(spec):
     # the fallback starts at the mean user vector, and the statistics are saved with the weights
     torch.testing.assert_close(model.user_meta.fallback.fallback.detach(), users.mean(0))
     assert {"user_meta.project.norm.center", "user_meta.project.norm.scale"} <= set(model.state_dict())
+
+
+def _few_users_inputs(spec, batch: int, n_users: int, seed: int) -> dict[str, torch.Tensor]:
+    """Like a batch of ranked candidates: few users, knowledge a function of the user / scenario id."""
+    inp = example_inputs(spec, batch, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    user_col, scen_col = spec.index_of("user_id"), spec.scenario_index
+    users = torch.randint(1, 1 + n_users, (batch,), generator=g)
+    inp["sparse_ids"][:, user_col] = users
+    user_table = torch.randn(spec.features[user_col].vocab_size, K, generator=g)
+    scen_table = torch.randn(spec.features[scen_col].vocab_size, K, generator=g)
+    inp["user_knowledge"] = user_table[users]
+    inp["user_has_knowledge"] = (users % 3 != 0).to(torch.float32)  # some users on the fallback
+    inp["scenario_knowledge"] = scen_table[inp["sparse_ids"][:, scen_col]]
+    return inp
+
+
+@pytest.mark.parametrize("backbone", ["shared_bottom", "star", "pepnet"])
+@pytest.mark.parametrize(("use_llm", "meta"), VARIANTS[1:2] + VARIANTS[3:], ids=["llm4msr", "full-gate"])
+def test_grouped_generation_is_the_per_row_function(spec, backbone, use_llm, meta, monkeypatch):
+    """Weights generated once per user / scenario give the same scores and gradients as per row."""
+    import ranker.meta
+
+    torch.manual_seed(0)
+    model = build_model(spec, _cfg(backbone, use_llm, **meta))
+    _warm(model, spec)
+    inp = _few_users_inputs(spec, 64, n_users=4, seed=3)
+    calls = []
+    real_row_groups = ranker.meta.row_groups
+
+    def counting(*args):
+        out = real_row_groups(*args)
+        calls.append(out is not None)
+        return out
+
+    def run(train: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.train(train)
+        model.zero_grad()
+        out = model.logit(**inp)
+        out.pow(2).mean().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    for train in (True, False):
+        monkeypatch.setattr(ranker.meta, "row_groups", counting)
+        grouped_out, grouped_grads = run(train)
+        assert calls and all(calls), "the grouped path should be taken for 4 users x 4 scenarios"
+        calls.clear()
+        monkeypatch.setattr(ranker.meta, "row_groups", lambda *a: None)
+        per_row_out, per_row_grads = run(train)
+        torch.testing.assert_close(grouped_out, per_row_out, atol=1e-5, rtol=1e-5)
+        assert len(grouped_grads) == len(per_row_grads)
+        for a, b in zip(grouped_grads, per_row_grads, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_row_groups_refuses_a_hint_that_does_not_determine_the_vectors():
+    from ranker.layers import row_groups
+
+    hint = torch.tensor([0, 1, 0, 1] * 4)
+    key = torch.randn(2, 3)[hint]
+    rep, inverse = row_groups(key, hint)
+    torch.testing.assert_close(key[rep][inverse], key)
+    key[5] += 1.0  # row 5 shares its hint with others but not its vector
+    assert row_groups(key, hint) is None
+    assert row_groups(torch.randn(16, 3), torch.arange(16)) is None  # all distinct: per row
