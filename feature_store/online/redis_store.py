@@ -46,7 +46,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from feature_store.online import codec
+from feature_store.online import codec, resp_values
 from feature_store.online.base import COMPLETE, EntityBatch, OnlineStore, StoreError, StoreVersion
 from llm4msr.config import StoreConfig
 
@@ -230,16 +230,17 @@ class RedisStore(OnlineStore):
         ]
 
     # ------------------------------------------------------------------ reading
-    def _fetch(
+    def _plan_read(
         self, version: StoreVersion, kind: str, ids: Sequence[str]
-    ) -> tuple[list[bytes | None], np.ndarray | None]:
-        """Raw values grouped by bucket, and `order` (values[k] belongs to ids[order[k]]; None when
-        they already are in request order). One HMGET per bucket touched, all sent in one write."""
+    ) -> tuple[list[bytes], list[int], np.ndarray | None]:
+        """(packed HMGETs, fields per command, `order`): one HMGET per bucket touched; the values
+        come back grouped by bucket, values[k] belonging to ids[order[k]] (order None: they are
+        already in request order)."""
         fields = list(map(str, ids))
         prefix = self._bucket_prefix(version.version, kind)
         nb = self.buckets(version.version)
         if nb == 1:
-            return self._roundtrip([pack_hmget(prefix + "0", fields, self._pack)])[0], None
+            return [pack_hmget(prefix + "0", fields, self._pack)], [len(fields)], None
         bucket = bucket_of(fields, nb)
         order = np.argsort(bucket, kind="stable")
         sorted_b = bucket[order]
@@ -247,14 +248,15 @@ class RedisStore(OnlineStore):
         in_order = np.asarray(fields, dtype=object)[order].tolist()
         packed = [
             pack_hmget(prefix + str(int(sorted_b[a])), in_order[a:b], self._pack)
-            for a, b in zip(cuts, cuts[1:], strict=False)
+            for a, b in itertools.pairwise(cuts)
         ]
-        return list(itertools.chain.from_iterable(self._roundtrip(packed))), order
+        return packed, [b - a for a, b in itertools.pairwise(cuts)], order
 
     def _read_raw(self, version: StoreVersion, kind: str, ids: Sequence[str]) -> list[bytes | None]:
         if not ids:
             return []
-        got, order = self._fetch(version, kind, ids)
+        packed, _, order = self._plan_read(version, kind, ids)
+        got = list(itertools.chain.from_iterable(self._roundtrip(packed)))
         if order is None:
             return got
         out: list[bytes | None] = [None] * len(got)
@@ -263,9 +265,27 @@ class RedisStore(OnlineStore):
         return out
 
     def _read_decoded(self, version: StoreVersion, kind: str, ids: Sequence[str]) -> codec.Decoded:
-        """Values decoded straight from bucket order (the reordering is one numpy gather)."""
-        got, order = self._fetch(version, kind, ids)
-        return codec.decode_values(version.layout, got, self.cfg.max_age_seconds, time.time(), order)
+        """The request path: values received into one buffer and decoded from there (resp_values);
+        any absent or odd-sized value takes the general path (hiredis replies, codec.decode_values)."""
+        layout = version.layout
+        packed, counts, order = self._plan_read(version, kind, ids)
+        views, replies = self._roundtrip_values(packed, counts, layout.size)
+        now = time.time()
+        n = len(ids)
+        if views is None:
+            got = list(itertools.chain.from_iterable(replies or []))
+            return codec.decode_values(layout, got, self.cfg.max_age_seconds, now, order)
+        if order is None:
+            recs = views[0]
+        else:  # one copy: each command's values scattered to their rows in request order
+            recs = np.empty(n, dtype=views[0].dtype)
+            start = 0
+            for v in views:
+                recs[order[start : start + len(v)]] = v
+                start += len(v)
+        return codec.decode_array(
+            layout, recs.view(layout.rec), np.ones(n, dtype=bool), self.cfg.max_age_seconds, now
+        )
 
     # ------------------------------------------------------------------ writing
     def _begin_version(self, meta: StoreVersion) -> dict[str, int]:
@@ -419,6 +439,34 @@ class RedisStore(OnlineStore):
                 conn.disconnect()
                 if attempt:
                     raise
+            except BaseException:
+                conn.disconnect()
+                raise
+            finally:
+                self._rpool.release(conn)
+        raise AssertionError("unreachable")
+
+    def _roundtrip_values(
+        self, packed: list[bytes], counts: list[int], size: int
+    ) -> tuple[list[np.ndarray] | None, list[list[Any]] | None]:
+        """`_roundtrip` for HMGETs of `size`-byte values, received by resp_values.read_values."""
+        for attempt in (0, 1):
+            conn = self._rpool.get_connection()
+            try:
+                conn.send_packed_command(
+                    [b"".join(packed)] if len(packed) > 1 else packed, check_health=False
+                )
+                return resp_values.read_values(conn._sock, counts, size)
+            except (self._redis.ConnectionError, ConnectionError) as exc:
+                conn.disconnect()
+                if attempt:
+                    raise self._redis.ConnectionError(str(exc)) from exc
+            except TimeoutError as exc:
+                conn.disconnect()
+                raise self._redis.TimeoutError(f"timeout reading from redis: {exc}") from exc
+            except resp_values.ReplyError as exc:
+                conn.disconnect()
+                raise self._redis.ResponseError(str(exc)) from exc
             except BaseException:
                 conn.disconnect()
                 raise

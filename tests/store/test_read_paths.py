@@ -100,3 +100,110 @@ def test_malloc_tuning_applies_on_linux(tmp_path) -> None:  # noqa: ANN001
 
     open_store(str(tmp_path / "online"), StoreConfig()).close()
     assert tune_malloc() is sys.platform.startswith("linux")
+
+
+def _bulk(v: bytes | None) -> bytes:
+    return b"$-1\r\n" if v is None else b"$%d\r\n%s\r\n" % (len(v), v)
+
+
+def _replies(groups: list[list[bytes | None]]) -> bytes:
+    return b"".join(b"*%d\r\n" % len(g) + b"".join(map(_bulk, g)) for g in groups)
+
+
+def _serve(data: bytes, chunk: int):  # noqa: ANN202
+    """A socket pair whose far end sends `data` in `chunk`-byte pieces from a thread, then idles."""
+    import socket
+    import threading
+
+    ours, theirs = socket.socketpair()
+    ours.settimeout(2.0)
+
+    def send() -> None:
+        for i in range(0, len(data), chunk):
+            theirs.sendall(data[i : i + chunk])
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return ours, theirs, thread
+
+
+VALUES = [bytes([65 + i]) * 12 for i in range(7)]
+CASES = {
+    "all present": [VALUES[:3], VALUES[3:]],
+    "last value absent": [VALUES[:3], [*VALUES[3:6], None]],
+    "first value absent": [[None, *VALUES[1:3]], VALUES[3:]],
+    "a value of another length": [VALUES[:3], [VALUES[3], VALUES[4][:5], *VALUES[5:]]],
+    "a longer value last": [VALUES[:3], [*VALUES[3:6], VALUES[6] * 2]],
+}
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fixed_layout_reader_equals_hiredis_and_never_waits_past_the_reply(case: str, chunk: int) -> None:
+    """Whatever the replies hold and however they are split into packets, read_values returns what
+    hiredis parses, without waiting for bytes the server never sends (the socket would time out)."""
+    from feature_store.online.resp_values import read_values
+
+    groups = CASES[case]
+    ours, theirs, thread = _serve(_replies(groups), chunk)
+    t0 = time.perf_counter()
+    views, replies = read_values(ours, [len(g) for g in groups], 12)
+    assert time.perf_counter() - t0 < 1.5  # well inside the 2 s socket timeout
+    if case == "all present":
+        assert replies is None and views is not None
+        assert [[bytes(x) for x in v] for v in views] == groups
+    else:
+        assert views is None and replies == groups
+    thread.join()
+    ours.setblocking(False)
+    with pytest.raises(BlockingIOError):  # nothing of the replies was left unread
+        ours.recv(1)
+    ours.close()
+    theirs.close()
+
+
+def test_fixed_layout_reader_reports_error_replies_and_closed_connections() -> None:
+    from feature_store.online.resp_values import ReplyError, read_values
+
+    ours, theirs, thread = _serve(_replies([VALUES[:2]]) + b"-WRONGTYPE not a hash\r\n", 3)
+    with pytest.raises(ReplyError, match="WRONGTYPE"):
+        read_values(ours, [2, 2], 12)
+    thread.join()
+    ours.close()
+    theirs.close()
+    ours, theirs, thread = _serve(_replies([VALUES[:2]])[:20], 5)
+    thread.join()
+    theirs.close()
+    with pytest.raises(ConnectionError):
+        read_values(ours, [2], 12)
+    ours.close()
+
+
+def test_redis_reads_with_absent_and_odd_values_take_the_general_path(redis_server, tmp_path) -> None:  # noqa: ANN001
+    """Against the real server: the last id of a bucket absent, or a value overwritten with another
+    length, still reads right (found mask, vectors) and quickly."""
+    import redis as redis_py
+
+    from feature_store.online.redis_store import value_location
+
+    cfg = StoreConfig(pointer_cache_ms=0, namespace="rv", redis_bucket_fields=16, timeout_ms=2000)
+    ids = np.array([f"u{i:04d}" for i in range(64)])
+    vecs = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+    store = open_store(redis_server.url, cfg)
+    batch = EntityBatch(ids, vecs, np.full(64, int(time.time())))
+    store.write_version("v1", knowledge_family="f", snapshot_id="v1", entities={"user": batch})
+    store.verify_version("v1", {"user": batch}, sample=8)
+    store.set_current("v1")
+    q = [*ids[::-1].tolist(), "nobody"]  # the absent id is the last field of its bucket's HMGET
+    r = store.read("user", q)
+    assert r.found.tolist() == [True] * 64 + [False]
+    np.testing.assert_allclose(r.vectors[:64], vecs[::-1], rtol=1e-3, atol=1e-3)
+    key, field = value_location("rv", "v1", "user", "u0005", store.buckets("v1"))
+    redis_py.Redis.from_url(redis_server.url).hset(key, field, b"short")
+    t0 = time.perf_counter()
+    r = store.read("user", ids.tolist())
+    assert time.perf_counter() - t0 < 1.0
+    assert r.found.sum() == 63 and not r.found[5] and r.n_malformed == 1
+    np.testing.assert_allclose(r.vectors[6:], vecs[6:], rtol=1e-3, atol=1e-3)
+    store.close()
