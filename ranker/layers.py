@@ -7,7 +7,8 @@ inference nothing depends on batch statistics, so a row's score never depends on
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -41,33 +42,68 @@ def uniform_or_per_row(
     return out.index_copy(0, idx, rows)
 
 
+@dataclass
+class RowGroups:
+    """Rows of a batch grouped by their context, laid out for batched matmuls per group.
+
+    `rep[g]` is a row of group g, `inverse[i]` the group of row i, and `slot[i]` where row i goes in
+    a zero-padded [n_groups, max_rows, ·] layout (rows of one group side by side), so a weight
+    generated once per group applies to its rows as one bmm, with no per-row weight copies.
+    """
+
+    rep: torch.Tensor
+    inverse: torch.Tensor
+    slot: torch.Tensor
+    n: int
+    m: int
+
+    def expand(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-group rows [n, ...] -> per-row [b, ...]."""
+        return t.index_select(0, self.inverse)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """[b, d] -> [n, m, d] (padding rows are zero)."""
+        out = x.new_zeros(self.n * self.m, x.shape[1])
+        return out.index_copy(0, self.slot, x).view(self.n, self.m, x.shape[1])
+
+    def unpad(self, y: torch.Tensor) -> torch.Tensor:
+        """[n, m, d] -> [b, d] in the original row order."""
+        return y.reshape(self.n * self.m, y.shape[-1]).index_select(0, self.slot)
+
+
 def row_groups(
-    key: torch.Tensor, hint: torch.Tensor, max_fraction: float = 0.25
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Eager only: (one representative row per group, group of every row) when the batch's `key`
-    rows take few distinct values, else None.
+    keys: Sequence[torch.Tensor], hint: torch.Tensor, max_fraction: float = 0.25
+) -> RowGroups | None:
+    """Eager only: the batch's rows grouped by `hint` when every tensor in `keys` (the inputs the
+    weights are generated from) is the same on all rows of a group and groups are few; else None.
 
     A training batch holds a handful of scenarios, and an evaluation batch of ranked candidates a
-    handful of users, yet the meta networks would generate weights once per row. Grouping rows by
-    `hint` (an id column: cheap to sort) and generating once per group is the same function at
-    1/(rows per group) of the cost. The grouping is checked against `key` itself (the vectors the
-    weights are generated from), so a hint that does not determine the key only costs the check.
-    Export and tracing take the per-row graph (no data-dependent shapes in an exported model).
+    handful of users, yet the meta networks would generate weights once per row. Grouping by an id
+    column (cheap to sort) and generating once per group is the same function at a fraction of the
+    cost. The grouping is checked against the keys themselves, so a hint that does not determine
+    them only costs the check. Export and tracing take the per-row graph (no data-dependent shapes).
     """
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting():
         return None
-    b = key.shape[0]
+    b = hint.shape[0]
     if b < 8:
         return None
-    _, inverse = torch.unique(hint, return_inverse=True)
-    n = int(inverse.max()) + 1
+    _, inverse, counts = torch.unique(hint, return_inverse=True, return_counts=True)
+    n = counts.shape[0]
     if n > max_fraction * b:
         return None
-    rows = torch.arange(b, device=key.device)
-    rep = torch.full((n,), b, dtype=torch.long, device=key.device).scatter_reduce(0, inverse, rows, "amin")
-    if not torch.equal(key.index_select(0, rep).index_select(0, inverse), key):
-        return None
-    return rep, inverse
+    rows = torch.arange(b, device=hint.device)
+    rep = torch.full((n,), b, dtype=torch.long, device=hint.device).scatter_reduce(0, inverse, rows, "amin")
+    for key in keys:
+        if not torch.equal(key.index_select(0, rep).index_select(0, inverse), key):
+            return None
+    order = torch.argsort(inverse, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    m = int(counts.max())
+    slot = torch.empty_like(inverse)
+    sorted_groups = inverse.index_select(0, order)
+    slot[order] = sorted_groups * m + (rows - starts.index_select(0, sorted_groups))
+    return RowGroups(rep, inverse, slot, n, m)
 
 
 def gather_scenario(per_scenario: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ranker.layers import KnowledgeNorm, KnowledgeProjector, row_groups, uniform_or_per_row
+from ranker.layers import KnowledgeNorm, KnowledgeProjector, RowGroups, row_groups, uniform_or_per_row
 
 
 class UserFallback(nn.Module):
@@ -79,24 +79,28 @@ class GeneratedLinear(nn.Module):
         return delta + self.gen_b(c)
 
     def _per_row(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        return self.grouped(x, ctx, None)
-
-    def grouped(self, x: torch.Tensor, ctx: torch.Tensor, inverse: torch.Tensor | None) -> torch.Tensor:
-        """Generate weights once per row of `ctx` and apply them to the rows of `x` that use them:
-        row i uses ctx[inverse[i]] (ctx row i when `inverse` is None). See `row_groups`."""
-        n = ctx.shape[0]
-
-        def per_row(t: torch.Tensor) -> torch.Tensor:
-            return t if inverse is None else t.index_select(0, inverse)
-
+        b = x.shape[0]
         if self.mode == "lowrank":
-            u = per_row(self.gen_u(ctx).view(n, self.d_out, self.rank))
-            v = per_row(self.gen_v(ctx).view(n, self.d_in, self.rank))
+            u = self.gen_u(ctx).view(b, self.d_out, self.rank)
+            v = self.gen_v(ctx).view(b, self.d_in, self.rank)
             delta = torch.bmm(u, torch.bmm(v.transpose(1, 2), x.unsqueeze(-1))).squeeze(-1)
         else:
-            w = per_row(self.gen_w(ctx).view(n, self.d_out, self.d_in))
+            w = self.gen_w(ctx).view(b, self.d_out, self.d_in)
             delta = torch.bmm(w, x.unsqueeze(-1)).squeeze(-1)
-        return delta + per_row(self.gen_b(ctx))
+        return delta + self.gen_b(ctx)
+
+    def grouped(self, x: torch.Tensor, ctx: torch.Tensor, groups: RowGroups) -> torch.Tensor:
+        """Same function as `_per_row`, with weights generated once per group: `ctx` holds one row
+        per group (see `row_groups`); each group's rows go through them as one batched matmul."""
+        n = ctx.shape[0]
+        xp = groups.pad(x)  # [n, m, d_in]
+        if self.mode == "lowrank":
+            u = self.gen_u(ctx).view(n, self.d_out, self.rank)
+            v = self.gen_v(ctx).view(n, self.d_in, self.rank)
+            y = torch.bmm(torch.bmm(xp, v), u.transpose(1, 2))
+        else:
+            y = torch.bmm(xp, self.gen_w(ctx).view(n, self.d_out, self.d_in).transpose(1, 2))
+        return groups.unpad(y) + groups.expand(self.gen_b(ctx))
 
 
 class UserMetaNetwork(nn.Module):
@@ -115,16 +119,18 @@ class UserMetaNetwork(nn.Module):
         has_knowledge: torch.Tensor,
         user_ids: torch.Tensor,
     ) -> torch.Tensor:
-        h = self.fallback(user_knowledge, has_knowledge)
         x = emb.flatten(1)
-        groups = row_groups(h, user_ids)  # eager batches of few users (ranked candidates)
+        # eager batches of few users (ranked candidates): weights generated once per user
+        groups = row_groups((user_knowledge, has_knowledge), user_ids)
         if groups is not None:
-            rep, inverse = groups
-            p = self.project(h.index_select(0, rep))
+            rep = groups.rep
+            p = self.project(
+                self.fallback(user_knowledge.index_select(0, rep), has_knowledge.index_select(0, rep))
+            )
             for layer in self.layers:
-                x = x + layer.grouped(x, p, inverse)
+                x = x + layer.grouped(x, p, groups)
             return x.view_as(emb)
-        p = self.project(h)
+        p = self.project(self.fallback(user_knowledge, has_knowledge))
         for layer in self.layers:
             x = x + layer(x, p)
         return x.view_as(emb)
@@ -157,20 +163,18 @@ class ScenarioMetaNetwork(nn.Module):
         scenario_knowledge: torch.Tensor,
         scenario: torch.Tensor,
     ) -> torch.Tensor:
-        groups = row_groups(scenario_knowledge, scenario)  # eager batches: a few scenarios each
-        inverse = None
+        groups = row_groups((scenario_knowledge,), scenario)  # eager batches: a few scenarios each
         if groups is not None:
-            rep, inverse = groups
-            p = self.project(scenario_knowledge.index_select(0, rep))
+            p = self.project(scenario_knowledge.index_select(0, groups.rep))
         else:
             p = self.project(scenario_knowledge)
 
         def per_row(t: torch.Tensor) -> torch.Tensor:
-            return t if inverse is None else t.index_select(0, inverse)
+            return t if groups is None else groups.expand(t)
 
         z = emb.flatten(1)
         for base, gen in zip(self.base, self.generated, strict=True):
-            z = torch.relu(base(z) + (gen(z, p) if inverse is None else gen.grouped(z, p, inverse)))
+            z = torch.relu(base(z) + (gen(z, p) if groups is None else gen.grouped(z, p, groups)))
         logit = (z * per_row(self.out_w(p))).sum(-1) + per_row(self.out_b(p)).squeeze(-1)
         if self.gate is None:
             return backbone_logit + logit

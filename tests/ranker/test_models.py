@@ -247,13 +247,21 @@ def test_grouped_generation_is_the_per_row_function(spec, backbone, use_llm, met
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_row_groups_refuses_a_hint_that_does_not_determine_the_vectors():
+def test_row_groups_lay_rows_out_per_group_and_refuse_a_hint_that_does_not_determine_the_keys():
     from ranker.layers import row_groups
 
-    hint = torch.tensor([0, 1, 0, 1] * 4)
-    key = torch.randn(2, 3)[hint]
-    rep, inverse = row_groups(key, hint)
-    torch.testing.assert_close(key[rep][inverse], key)
+    hint = torch.tensor([2, 0, 2, 2, 0, 5, 2, 0] * 2)
+    key = torch.randn(6, 3)[hint]
+    groups = row_groups((key,), hint)
+    assert groups is not None and (groups.n, groups.m) == (3, 8)
+    torch.testing.assert_close(groups.expand(key[groups.rep]), key)
+    x = torch.randn(16, 4)
+    torch.testing.assert_close(groups.unpad(groups.pad(x)), x)  # a permutation into padded slots
+    padded = groups.pad(x)
+    assert int((padded.abs().sum(-1) > 0).sum()) == 16  # every row once, padding zero
+    for g in range(3):  # a group's rows sit side by side in its slab
+        rows = (groups.inverse == g).nonzero().squeeze(-1)
+        torch.testing.assert_close(padded[g, : len(rows)], x[rows])
     key[5] += 1.0  # row 5 shares its hint with others but not its vector
-    assert row_groups(key, hint) is None
-    assert row_groups(torch.randn(16, 3), torch.arange(16)) is None  # all distinct: per row
+    assert row_groups((key,), hint) is None
+    assert row_groups((torch.randn(16, 3),), torch.arange(16)) is None  # all distinct: per row
