@@ -113,7 +113,7 @@ class Decoded:
 
 
 _F16_SIGN_AND_MAGNITUDE = np.array(0x8FFFE000, dtype=np.uint32).view(np.int32)[()]
-_F16_EXP_ALL_ONES = np.int32(0x0F800000)  # float16 exponent 31 (inf/nan) after the shift
+_F16_EXP_MASK = np.int16(0x7C00)  # float16 exponent bits: all ones = inf/nan
 _F16_TO_F32_SCALE = np.float32(2.0**112)  # 2 ** (127 - 15): rebias the exponent
 
 
@@ -125,11 +125,13 @@ def f16_to_f32(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     SIMD path here and a 64k-entry lookup table first casts the indices to intp (2 MiB per 1000 x
     256), both ~1.5-2.5x slower. The sign-extended int16 -> int32 cast puts the sign in bit 31;
     << 13 moves exponent + mantissa into float32 position; the mask clears the sign-extension
-    bits in between; * 2**112 rebiases the exponent (and turns subnormals into normals)."""
-    x = raw.view(np.int16).astype(np.int32)
+    bits in between; * 2**112 rebiases the exponent (and turns subnormals into normals). The
+    finiteness test runs on the 2-byte input (~20% cheaper than on the widened copy)."""
+    r16 = raw.view(np.int16)
+    finite = ~((r16 & _F16_EXP_MASK) == _F16_EXP_MASK).any(axis=1)
+    x = r16.astype(np.int32)
     x <<= 13
     x &= _F16_SIGN_AND_MAGNITUDE
-    finite = ((x & _F16_EXP_ALL_ONES) != _F16_EXP_ALL_ONES).all(axis=1)
     f = x.view(np.float32)
     f *= _F16_TO_F32_SCALE
     return f, finite
