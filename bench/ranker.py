@@ -4,7 +4,7 @@ For each dataset: build the canonical tables (feature_store), build a knowledge 
 configured LLM backend (knowledge_service; all-MiniLM-L6-v2 by default), then train every
 backbone without and with the meta networks for each seed and write the per-scenario comparison
 (AUC / gAUC / Logloss / Recall@10 / NDCG@10, mean ± std) and training time per epoch (meta
-overhead as a ratio) to docs/benchmarks/ranker.md, with the command that produced it.
+overhead as a ratio) to docs/benchmarks/ranker-<datasets>.md, with the command that produced it.
 
     llm4msr bench ranker --quick          # ML-100K, 2 backbones, 1 seed, 2 epochs (minutes)
     llm4msr bench ranker                  # ML-100K + Amazon Food-Kitchen, 6 backbones, 3 seeds
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from llm4msr.atomic import write_text_atomic
-from llm4msr.config import REPO_ROOT, DataConfig, KnowledgeConfig, load_config
+from llm4msr.config import REPO_ROOT, DataConfig, KnowledgeConfig, Settings, load_config
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra config override for training, e.g. train.lr=0.002 (repeatable)",
     )
     p.add_argument("--work", default="artifacts/bench/ranker", help="where datasets, snapshots and runs go")
-    p.add_argument("--out", default=str(REPO_ROOT / "docs" / "benchmarks" / "ranker.md"), help="report file")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="report file (default docs/benchmarks/ranker-<datasets>.md; the PNG goes beside it)",
+    )
     return p.parse_args(argv)
 
 
@@ -70,6 +74,18 @@ def prepare(name: str, work: Path, backend: str) -> tuple[Path, Path, float]:
     if OfflineStore(kn_root).current_id() is None:
         build_knowledge(data_dir, kn_root, KnowledgeConfig(backend=backend, snapshot_root=str(kn_root)))
     return data_dir, kn_root, time.perf_counter() - t0
+
+
+def reusable(run_dir: Path, settings: Settings) -> bool:
+    """A finished run made with the same training and evaluation settings (resume a benchmark
+    without mixing in runs of another configuration)."""
+    if not (run_dir / "metrics.json").is_file() or not (run_dir / "config.yaml").is_file():
+        return False
+    saved = load_config(run_dir / "config.yaml")
+    if saved.train == settings.train and saved.eval == settings.eval:
+        return True
+    log.info("%s was trained with other settings: training it again", run_dir)
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,8 +117,6 @@ def main(argv: list[str] | None = None) -> int:
             for use_llm in (False, True):
                 for seed in seeds:
                     run_dir = work / name / "runs" / f"{backbone}-{'llm' if use_llm else 'plain'}-seed{seed}"
-                    if (run_dir / "metrics.json").is_file():
-                        continue
                     settings = load_config(
                         overrides=[
                             f"train.backbone={backbone}",
@@ -112,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                             *args.overrides,
                         ]
                     )
+                    if reusable(run_dir, settings):
+                        continue
                     train(settings, data_dir, kn_root if use_llm else None, run_dir, overwrite=True)
     runs = [
         r
@@ -122,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     from ranker.report import summarize
 
     summary = summarize(runs)
-    out = Path(args.out)
+    out = Path(args.out or REPO_ROOT / "docs" / "benchmarks" / f"ranker-{'+'.join(datasets)}.md")
     png = out.with_suffix(".png")
     from llm4msr.atomic import write_bytes_atomic
 

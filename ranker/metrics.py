@@ -48,23 +48,33 @@ def logloss(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> tuple[float, int, int]:
     """Impression-weighted mean of per-user AUC -> (gAUC, users used, users skipped for having one class)."""
-    frame = pl.DataFrame(
-        {
-            "u": np.asarray(users),
-            "y": np.asarray(labels).astype(np.int8),
-            "s": np.asarray(scores, dtype=np.float64),
-        }
-    )
-    total, weight, used, skipped = 0.0, 0, 0, 0
-    for _, part in frame.group_by("u", maintain_order=True):
-        y = part["y"].to_numpy()
-        if y.min() == y.max():
-            skipped += 1
-            continue
-        total += auc(y, part["s"].to_numpy()) * len(y)
-        weight += len(y)
-        used += 1
-    return (total / weight if weight else float("nan")), used, skipped
+    # every user's AUC at once: one sort by (user, score), average ranks over tied runs
+    u = np.unique(np.asarray(users), return_inverse=True)[1].reshape(-1).astype(np.int64)
+    y = np.asarray(labels).astype(np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    if u.size == 0:
+        return float("nan"), 0, 0
+    order = np.lexsort((s, u))
+    u, y, s = u[order], y[order], s[order]
+    new_user = np.r_[True, u[1:] != u[:-1]]
+    new_run = new_user | np.r_[True, s[1:] != s[:-1]]
+    idx = np.arange(u.size)
+    user_start = np.maximum.accumulate(np.where(new_user, idx, 0))
+    run_id = np.cumsum(new_run) - 1
+    run_first = idx[new_run] - user_start[new_run]  # 0-based position of each run in its user
+    run_len = np.diff(np.r_[idx[new_run], u.size])
+    rank = (run_first + (run_len + 1) / 2.0)[run_id]  # 1-based average rank within the user
+    user_id = np.cumsum(new_user) - 1
+    n = np.bincount(user_id)
+    n_pos = np.bincount(user_id, weights=y).astype(np.int64)
+    rank_pos = np.bincount(user_id, weights=rank * y)
+    mixed = (n_pos > 0) & (n_pos < n)
+    if not mixed.any():
+        return float("nan"), 0, int(n.size)
+    n_neg = n - n_pos
+    per_user = (rank_pos[mixed] - n_pos[mixed] * (n_pos[mixed] + 1) / 2.0) / (n_pos[mixed] * n_neg[mixed])
+    g = float((per_user * n[mixed]).sum() / n[mixed].sum())
+    return g, int(mixed.sum()), int(n.size - mixed.sum())
 
 
 def topk(pos_scores: np.ndarray, neg_scores: np.ndarray, k: int) -> tuple[float, float]:
@@ -83,22 +93,39 @@ def topk(pos_scores: np.ndarray, neg_scores: np.ndarray, k: int) -> tuple[float,
 
 
 def _topk_frame(pred: pl.DataFrame, k: int) -> tuple[float, float, int]:
+    """`topk` for every (user, scenario) group at once (one sort; same ranks, ties and means)."""
     test_pos = pred.filter((pl.col("source") == "test") & (pl.col("label") == 1))
     negs = pred.filter(pl.col("source") == "sampled")
     if test_pos.height == 0 or negs.height == 0:
         return float("nan"), float("nan"), 0
-    neg_groups = {key: part["score"].to_numpy() for key, part in negs.group_by(["user_id", "scenario_id"])}
-    recalls, ndcgs = [], []
-    for key, part in test_pos.group_by(["user_id", "scenario_id"], maintain_order=True):
-        neg = neg_groups.get(key)
-        if neg is None:
-            continue
-        r, n = topk(part["score"].to_numpy(), neg, k)
-        recalls.append(r)
-        ndcgs.append(n)
-    if not recalls:
+    keys = ["user_id", "scenario_id"]
+    groups = negs.select(keys).unique().with_row_index("g")  # groups that have negatives
+    pos = test_pos.join(groups, on=keys, how="inner")
+    if pos.height == 0:
         return float("nan"), float("nan"), 0
-    return float(np.mean(recalls)), float(np.mean(ndcgs)), len(recalls)
+    neg = negs.join(groups, on=keys, how="inner")
+    group = np.concatenate([neg["g"].to_numpy(), pos["g"].to_numpy()]).astype(np.int64)
+    score = np.concatenate([neg["score"].to_numpy(), pos["score"].to_numpy()]).astype(np.float64)
+    is_pos = np.concatenate([np.zeros(neg.height, np.int64), np.ones(pos.height, np.int64)])
+    # within a group: score descending, a negative before a positive it ties with (pessimistic)
+    order = np.lexsort((is_pos, -score, group))
+    g, p = group[order], is_pos[order]
+    first = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    start = np.repeat(first, np.diff(np.r_[first, g.size]))  # sorted position where each group starts
+    rank = np.arange(g.size) - start  # rows of the group ranked above: negatives >= s, positives above
+    hit_rank = rank[p == 1]
+    pos_group = g[p == 1]
+    n_groups = int(groups.height)
+    n_pos = np.bincount(pos_group, minlength=n_groups)
+    hits = hit_rank < k
+    recall_num = np.bincount(pos_group, weights=hits.astype(np.float64), minlength=n_groups)
+    dcg = np.bincount(pos_group[hits], weights=1.0 / np.log2(hit_rank[hits] + 2), minlength=n_groups)
+    ideal = np.cumsum(1.0 / np.log2(np.arange(k) + 2))  # idcg for 1..k positives
+    has = n_pos > 0
+    cut = np.minimum(n_pos[has], k)
+    recalls = recall_num[has] / cut
+    ndcgs = dcg[has] / ideal[cut - 1]
+    return float(recalls.mean()), float(ndcgs.mean()), int(has.sum())
 
 
 def metrics_of(pred: pl.DataFrame, k: int = 10) -> dict[str, Any]:

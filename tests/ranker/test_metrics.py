@@ -99,3 +99,50 @@ def test_aggregate_mean_std():
     mean, std, n = agg["per_scenario"]["A"]["auc"]
     vals = [r1["per_scenario"]["A"]["auc"], r2["per_scenario"]["A"]["auc"]]
     assert n == 2 and mean == pytest.approx(np.mean(vals)) and std == pytest.approx(np.std(vals, ddof=1))
+
+
+def test_grouped_topk_and_gauc_equal_the_per_group_definitions():
+    """The vectorised Recall/NDCG@k and gAUC match a plain loop over groups using `topk` / `auc`
+    (ties included: scores are rounded to a coarse grid; groups without negatives or positives)."""
+    import polars as pl
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for u in range(60):
+        for scen in ("a", "b"):
+            n_test, n_neg = int(rng.integers(0, 5)), int(rng.integers(0, 12)) if u % 7 else 0
+            for _ in range(n_test):
+                rows.append((f"u{u}", scen, int(rng.random() < 0.6), round(rng.random(), 1), "test"))
+            for _ in range(n_neg):
+                rows.append((f"u{u}", scen, 0, round(rng.random(), 1), "sampled"))
+    pred = pl.DataFrame(
+        rows, schema=["user_id", "scenario_id", "label", "score", "source"], orient="row"
+    ).with_columns(item_id=pl.lit("i"))
+    for k in (1, 3, 10):
+        recalls, ndcgs = [], []
+        for (u, scen), part in pred.filter(pl.col("source") == "test", pl.col("label") == 1).group_by(
+            ["user_id", "scenario_id"]
+        ):
+            neg = pred.filter(
+                pl.col("source") == "sampled", pl.col("user_id") == u, pl.col("scenario_id") == scen
+            )
+            if neg.height:
+                r, n = M.topk(part["score"].to_numpy(), neg["score"].to_numpy(), k)
+                recalls.append(r)
+                ndcgs.append(n)
+        got = M._topk_frame(pred, k)
+        assert got[2] == len(recalls) > 20
+        assert got[0] == pytest.approx(np.mean(recalls)) and got[1] == pytest.approx(np.mean(ndcgs))
+    test = pred.filter(pl.col("source") == "test")
+    total = weight = used = skipped = 0
+    for _, part in test.group_by("user_id"):
+        y = part["label"].to_numpy()
+        if y.min() == y.max():
+            skipped += 1
+            continue
+        total += M.auc(y, part["score"].to_numpy()) * len(y)
+        weight += len(y)
+        used += 1
+    g = M.gauc(test["user_id"].to_numpy(), test["label"].to_numpy(), test["score"].to_numpy())
+    assert g[1:] == (used, skipped) and used > 10 and skipped > 0
+    assert g[0] == pytest.approx(total / weight)
