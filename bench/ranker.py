@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     from ranker.report import summarize
 
     summary = summarize(runs)
-    out = Path(args.out or REPO_ROOT / "docs" / "benchmarks" / f"ranker-{'+'.join(datasets)}.md")
+    quick = "-quick" if args.quick else ""  # a quick run never replaces a full report
+    out = Path(args.out or REPO_ROOT / "docs" / "benchmarks" / f"ranker-{'+'.join(datasets)}{quick}.md")
     png = out.with_suffix(".png")
     from llm4msr.atomic import write_bytes_atomic
 
