@@ -234,7 +234,10 @@ def test_grouped_generation_is_the_per_row_function(spec, backbone, use_llm, met
         out.pow(2).mean().backward()
         return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
-    for train in (True, False):
+    monkeypatch.setattr(ranker.meta, "row_groups", counting)
+    run(True)
+    assert not calls, "training takes the per-row path"
+    for train in (False,):
         monkeypatch.setattr(ranker.meta, "row_groups", counting)
         grouped_out, grouped_grads = run(train)
         assert calls and all(calls), "the grouped path should be taken for 4 users x 4 scenarios"
