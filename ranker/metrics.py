@@ -99,11 +99,13 @@ def _topk_frame(pred: pl.DataFrame, k: int) -> tuple[float, float, int]:
     if test_pos.height == 0 or negs.height == 0:
         return float("nan"), float("nan"), 0
     keys = ["user_id", "scenario_id"]
-    groups = negs.select(keys).unique().with_row_index("g")  # groups that have negatives
-    pos = test_pos.join(groups, on=keys, how="inner")
+    groups = (
+        negs.select(keys).unique(maintain_order=True).with_row_index("g")
+    )  # deterministic order  # groups that have negatives
+    pos = test_pos.join(groups, on=keys, how="inner", maintain_order="left")
     if pos.height == 0:
         return float("nan"), float("nan"), 0
-    neg = negs.join(groups, on=keys, how="inner")
+    neg = negs.join(groups, on=keys, how="inner", maintain_order="left")
     group = np.concatenate([neg["g"].to_numpy(), pos["g"].to_numpy()]).astype(np.int64)
     score = np.concatenate([neg["score"].to_numpy(), pos["score"].to_numpy()]).astype(np.float64)
     is_pos = np.concatenate([np.zeros(neg.height, np.int64), np.ones(pos.height, np.int64)])
