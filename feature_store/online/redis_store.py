@@ -269,7 +269,9 @@ class RedisStore(OnlineStore):
         any absent or odd-sized value takes the general path (hiredis replies, codec.decode_values)."""
         layout = version.layout
         packed, counts, order = self._plan_read(version, kind, ids)
-        views, replies = self._roundtrip_values(packed, counts, layout.size)
+        views, replies = self._roundtrip(
+            packed, lambda sock: resp_values.read_values(sock, counts, layout.size)
+        )
         now = time.time()
         n = len(ids)
         if views is None:
@@ -422,10 +424,11 @@ class RedisStore(OnlineStore):
             self._wpool.release(self._wconn)
             self._wconn = None
 
-    def _roundtrip(self, packed: list[bytes]) -> list[Any]:
+    def _roundtrip(self, packed: list[bytes], receive: Callable[[Any], T] | None = None) -> T | list[Any]:
         """Read path: send pre-packed commands in one round trip on a pooled read connection and
-        return their replies (no per-argument Python work). A dropped connection (server restarted)
-        is retried once on a fresh one; a timeout is not retried (the caller reports missing)."""
+        return their replies (no per-argument Python work), or `receive(socket)` when given (the
+        buffered value reader, resp_values). A dropped connection (server restarted) is retried
+        once on a fresh one; a timeout is not retried (the caller reports missing)."""
         for attempt in (0, 1):
             conn = self._rpool.get_connection()
             try:
@@ -434,34 +437,16 @@ class RedisStore(OnlineStore):
                 conn.send_packed_command(
                     [b"".join(packed)] if len(packed) > 1 else packed, check_health=False
                 )
-                return [conn.read_response() for _ in packed]
-            except self._redis.ConnectionError:
-                conn.disconnect()
-                if attempt:
-                    raise
-            except BaseException:
-                conn.disconnect()
-                raise
-            finally:
-                self._rpool.release(conn)
-        raise AssertionError("unreachable")
-
-    def _roundtrip_values(
-        self, packed: list[bytes], counts: list[int], size: int
-    ) -> tuple[list[np.ndarray] | None, list[list[Any]] | None]:
-        """`_roundtrip` for HMGETs of `size`-byte values, received by resp_values.read_values."""
-        for attempt in (0, 1):
-            conn = self._rpool.get_connection()
-            try:
-                conn.send_packed_command(
-                    [b"".join(packed)] if len(packed) > 1 else packed, check_health=False
-                )
-                return resp_values.read_values(conn._sock, counts, size)
+                if receive is None:
+                    return [conn.read_response() for _ in packed]
+                return receive(conn._sock)
             except (self._redis.ConnectionError, ConnectionError) as exc:
                 conn.disconnect()
                 if attempt:
+                    if isinstance(exc, self._redis.ConnectionError):
+                        raise
                     raise self._redis.ConnectionError(str(exc)) from exc
-            except TimeoutError as exc:
+            except TimeoutError as exc:  # the socket's own timeout (resp_values reads the socket)
                 conn.disconnect()
                 raise self._redis.TimeoutError(f"timeout reading from redis: {exc}") from exc
             except resp_values.ReplyError as exc:
