@@ -237,17 +237,14 @@ def test_grouped_generation_is_the_per_row_function(spec, backbone, use_llm, met
     monkeypatch.setattr(ranker.meta, "row_groups", counting)
     run(True)
     assert not calls, "training takes the per-row path"
-    for train in (False,):
-        monkeypatch.setattr(ranker.meta, "row_groups", counting)
-        grouped_out, grouped_grads = run(train)
-        assert calls and all(calls), "the grouped path should be taken for 4 users x 4 scenarios"
-        calls.clear()
-        monkeypatch.setattr(ranker.meta, "row_groups", lambda *a: None)
-        per_row_out, per_row_grads = run(train)
-        torch.testing.assert_close(grouped_out, per_row_out, atol=1e-5, rtol=1e-5)
-        assert len(grouped_grads) == len(per_row_grads)
-        for a, b in zip(grouped_grads, per_row_grads, strict=True):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    grouped_out, grouped_grads = run(False)  # evaluation: grouped
+    assert calls and all(calls), "the grouped path should be taken for 4 users x 4 scenarios"
+    monkeypatch.setattr(ranker.meta, "row_groups", lambda *a: None)
+    per_row_out, per_row_grads = run(False)
+    torch.testing.assert_close(grouped_out, per_row_out, atol=1e-5, rtol=1e-5)
+    assert len(grouped_grads) == len(per_row_grads)
+    for a, b in zip(grouped_grads, per_row_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_row_groups_lay_rows_out_per_group_and_refuse_a_hint_that_does_not_determine_the_keys():
