@@ -84,6 +84,9 @@ def build_from_raw(cfg: DataConfig, raw: RawData, *, check: bool = True) -> Cano
         "split": cfg.split.model_dump(),
         "split_strategy_used": cfg.split.strategy if raw.has_timestamps else "random",
         "features": feature_tables(vocabs, users, items),
+        # The whole data section (not `out`: the folder is wherever it was written), so a run can
+        # record the data it trained on instead of its own config's defaults.
+        "config": cfg.model_dump(mode="json", exclude={"out"}),
     }
     ds = CanonicalDataset(
         interactions=inter,
@@ -110,3 +113,19 @@ def build_and_write(cfg: DataConfig, out: str | Path | None = None) -> Path:
     target = Path(out if out is not None else cfg.out)
     assert ds.manifest is not None
     return write_dataset(ds, target, source=ds.manifest["source"])
+
+
+def recorded_data_config(ds: CanonicalDataset, folder: str | Path) -> DataConfig | None:
+    """The data config `ds` was built with, `out` set to the folder it was read from; None when its
+    manifest records none (hand-built tables, older builds) or the recorded one no longer validates.
+
+    A run's resolved config takes its `data` section from here, not from its own (default) settings.
+    """
+    recorded = ds.build_config()
+    if recorded is None:
+        return None
+    try:
+        return DataConfig.model_validate({**recorded, "out": str(folder)})
+    except ValueError as exc:
+        log.warning("%s/manifest.json: source.config is not a valid data config (%s); not used", folder, exc)
+        return None

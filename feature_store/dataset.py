@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 
 from feature_store import schema
-from llm4msr.atomic import atomic_directory, sha256_file, write_json_atomic
+from llm4msr.atomic import atomic_directory, sha256_file, sha256_text, write_json_atomic
 from llm4msr.provenance import provenance
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,51 @@ class CanonicalDataset:
         }
 
     def version(self) -> str:
-        """Content id of the dataset (hash of its interactions file), for run/snapshot provenance."""
-        if self.manifest is None:
-            return "unsaved"
-        return self.manifest["files"][schema.INTERACTIONS_FILE]["sha256"][:16]
+        """Content id of the dataset: the hash of its interactions file, which holds the `split`
+        column, so two splits of the same source have different ids. Knowledge snapshots record it
+        (`dataset_version`) and training refuses a snapshot of another id: its user prompts may
+        describe rows that are held out here."""
+        return version_of(self.manifest)
+
+    def source_id(self) -> str:
+        """Id of where the data comes from and how it is split (source, path, seed, split and
+        adapter settings), not of its rows: a rebuild with new interactions keeps it. Serving
+        compares it, since fresher knowledge of the same source is what a refresh publishes."""
+        return source_id((self.manifest or {}).get("source") or {})
+
+    def build_config(self) -> dict[str, Any] | None:
+        """The `data` config the dataset was built with (manifest source.config, without `out`);
+        None for datasets written without one (hand-built tables, builds before it was recorded)."""
+        cfg = ((self.manifest or {}).get("source") or {}).get("config")
+        return dict(cfg) if isinstance(cfg, dict) else None
+
+
+def read_version(folder: str | Path) -> str:
+    """`CanonicalDataset.version()` of a dataset folder from its manifest alone (no table is read)."""
+    path = Path(folder) / schema.MANIFEST_FILE
+    if not path.is_file():
+        raise DataError(f"{folder} is not a canonical dataset: {schema.MANIFEST_FILE} is missing")
+    return version_of(json.loads(path.read_text()))
+
+
+def version_of(manifest: dict[str, Any] | None) -> str:
+    """The content id in a dataset manifest: the interactions file's sha256 (16 hex), "unsaved" if none."""
+    if manifest is None or "files" not in manifest:
+        return "unsaved"
+    return str(manifest["files"][schema.INTERACTIONS_FILE]["sha256"][:16])
+
+
+def source_id(source: dict[str, Any]) -> str:
+    """Hash of the settings that pick the source and its split: from the recorded build config
+    (dataset, path, seed, split and that dataset's own section), else the manifest's `source`
+    block without what is derived from the rows (`features`)."""
+    cfg = source.get("config")
+    if isinstance(cfg, dict):
+        core = {k: cfg.get(k) for k in ("dataset", "path", "seed", "split")}
+        core["adapter"] = cfg.get(str(cfg.get("dataset")))
+    else:
+        core = {k: v for k, v in source.items() if k != "features"}
+    return sha256_text(json.dumps(core, sort_keys=True, default=str))[:16]
 
 
 def validate(ds: CanonicalDataset, source: str = "<memory>") -> None:

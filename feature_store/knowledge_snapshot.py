@@ -12,11 +12,18 @@ A snapshot is an immutable folder:
 
 `knowledge_family` identifies the embedding space (model, pooling, PCA, dimension): vectors of two
 snapshots of the same family are comparable; serving refuses a store of another family.
+
+`dataset_version` is the content id of the canonical dataset the prompts were rendered from
+(`CanonicalDataset.version()`, which covers the split). Training and export refuse a snapshot of
+another dataset id (`check_dataset`): the prompts' leakage guard holds only for that dataset.
+`dataset_source` (`CanonicalDataset.source_id()`) names the source and split without the rows;
+serving compares it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llm4msr.atomic import sha256_file, sha256_text, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 KNOWLEDGE_FILE = "knowledge.parquet"
@@ -37,6 +46,59 @@ DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.floa
 
 class SnapshotError(ValueError):
     """A folder is not a valid snapshot, or two snapshots/stores disagree (dimension, family)."""
+
+
+class ForeignKnowledgeError(SnapshotError):
+    """The snapshot was built from another dataset id than the data it is used with."""
+
+
+OVERRIDE_KEY = "train.allow_foreign_knowledge"
+
+
+def check_dataset(
+    manifest: dict[str, Any],
+    snapshot_path: str | Path,
+    dataset_version: str,
+    data_dir: str | Path,
+    *,
+    allow_foreign: bool = False,
+) -> dict[str, Any]:
+    """Refuse a snapshot built from another dataset id than `dataset_version`; returns the record
+    that run.json, exported manifests and flow reports keep.
+
+    User prompts keep out the valid/test rows *of the dataset they were rendered from*. With another
+    split or other content, a snapshot's prompts can describe rows that are held out here, and the
+    evaluation then measures leaked labels (a snapshot of a random 8:1:1 split of ML-100K, used with
+    the leave-last-one split, gave a fake +0.106 AUC). `allow_foreign` goes ahead and says so.
+    """
+    snap_version = manifest.get("dataset_version")
+    record: dict[str, Any] = {
+        "dataset_version": snap_version,
+        "dataset_source": manifest.get("dataset_source"),
+        "data_version": dataset_version,
+        "foreign": snap_version != dataset_version,
+        "allow_foreign_knowledge": allow_foreign,
+    }
+    if not record["foreign"]:
+        return record
+    where = f"knowledge snapshot {manifest.get('snapshot_id')} ({snapshot_path})"
+    rebuild = f"rebuild it from this dataset (`llm4msr knowledge build --data {data_dir}`)"
+    if snap_version is None:
+        problem = (
+            f"{where}: {MANIFEST_FILE} has no dataset_version (written before snapshots recorded the "
+            f"dataset they were built from), so it cannot be checked against dataset {data_dir} "
+            f"(dataset id {dataset_version}); {rebuild}"
+        )
+    else:
+        problem = (
+            f"{where} was built from dataset id {snap_version}, but dataset {data_dir} has id "
+            f"{dataset_version}: another split or other content, so its user prompts may describe rows "
+            f"that are valid/test here (leaked labels); {rebuild}"
+        )
+    if not allow_foreign:
+        raise ForeignKnowledgeError(f"{problem}, or set {OVERRIDE_KEY}=true for an experiment")
+    log.warning("%s; going ahead because %s is true (recorded as foreign)", problem, OVERRIDE_KEY)
+    return record
 
 
 def knowledge_family(model_id: str, pooling: str, dimension: int, pca_fingerprint: str | None = None) -> str:

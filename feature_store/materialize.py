@@ -142,7 +142,13 @@ def materialize(
                 family,
             )
         stats = st.write_version(
-            version, knowledge_family=family, snapshot_id=version, entities=entities, on_chunk=on_chunk
+            version,
+            knowledge_family=family,
+            snapshot_id=version,
+            entities=entities,
+            on_chunk=on_chunk,
+            dataset_version=manifest.get("dataset_version"),
+            dataset_source=manifest.get("dataset_source"),
         )
         report.keys_written, report.keys_skipped = stats.keys_written, stats.keys_skipped
         report.resumed = stats.keys_skipped > 0 and not stats.already_complete

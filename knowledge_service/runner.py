@@ -112,6 +112,7 @@ class KnowledgePlan:
     users_without_history: list[str] = field(default_factory=list)
     full: bool = False
     pca_from: str | None = None  # snapshot whose PCA transform is reused (same settings, incremental)
+    dataset_source: str | None = None  # CanonicalDataset.source_id(): serving compares it
 
     @property
     def work_dir(self) -> Path:
@@ -283,6 +284,7 @@ def plan(
         snapshot_root=str(snapshot_root),
         dataset_dir=str(dataset_dir),
         dataset_version=ds.version(),
+        dataset_source=ds.source_id(),
         cfg=cfg.model_dump(mode="json"),
         model_path=str(info.path),
         model_id=info.model_id,
@@ -498,7 +500,8 @@ def assemble(kp: KnowledgePlan) -> Path:
         "backend": cfg.backend,
         "knowledge_family": fam,
         "template_hashes": kp.template_hashes,
-        "dataset_version": kp.dataset_version,
+        "dataset_version": kp.dataset_version,  # training refuses a snapshot of another dataset id
+        "dataset_source": kp.dataset_source,
         "pca": pca_info,
         "signature": kp.signature,
         "run_key": kp.run_key,

@@ -163,6 +163,10 @@ class TrainConfig(Section):
     runs_dir: str = "artifacts/runs"
     # Expected knowledge dimension; a snapshot of another dimension is refused (None: take the snapshot's).
     knowledge_dim: int | None = Field(None, ge=1)
+    # A snapshot built from another dataset id (another split or content: its user prompts may describe
+    # rows that are valid/test here) is refused. True trains anyway, for experiments only; run.json
+    # and the exported manifest then record it (knowledge.foreign = true).
+    allow_foreign_knowledge: bool = False
     threads: int = Field(2, ge=1)  # torch intra-op threads
     eval_batch_size: int = Field(8192, ge=1)
 

@@ -517,6 +517,8 @@ def source_from_run(
     ds = load_dataset(ds_path)
     users_t, items_t = lookups_from_spec(spec, ds.users, ds.items)
     know = run.get("knowledge") or {}
+    use_llm = bool(run.get("use_llm", bool(know)))
+    kcheck = _check_knowledge_dataset(know, ds.version(), ds_path) if use_llm and know else {}
     source = ExportSource(
         model=model,
         layout=layout_from_spec(spec),
@@ -524,11 +526,13 @@ def source_from_run(
         users=users_t,
         items=items_t,
         knowledge_dim=int(spec.knowledge_dim),
-        use_llm=bool(run.get("use_llm", bool(know))),
+        use_llm=use_llm,
         knowledge={
             "family": know.get("family"),
             "snapshot_id": know.get("snapshot_id"),
             "snapshot_path": know.get("path"),
+            # the dataset the knowledge was built from: serving refuses a store of another source
+            **{k: kcheck.get(k) for k in ("dataset_version", "dataset_source", "foreign")},
         },
         feature_spec=spec.to_dict() | {"vocabs": f"see {A.VOCABS_FILE}"},
         run={
@@ -549,6 +553,27 @@ def source_from_run(
     source.valid = _valid_inputs(spec, ds, know.get("path"), valid_rows, seed)
     source.knowledge_pool = _knowledge_pool(spec, know.get("path"))
     return source
+
+
+def _check_knowledge_dataset(know: dict[str, Any], dataset_version: str, ds_path: Path) -> dict[str, Any]:
+    """The run's snapshot must come from the dataset exported with (its parity and variant checks
+    feed that snapshot's vectors to that dataset's rows); a run trained with
+    train.allow_foreign_knowledge keeps its recorded exception. Reads the snapshot's manifest, or
+    what run.json recorded when the snapshot is gone."""
+    from feature_store.knowledge_snapshot import check_dataset, read_manifest
+
+    path = know.get("path")
+    if path and Path(path).exists():
+        manifest = read_manifest(path)
+    else:
+        manifest = {k: know.get(k) for k in ("snapshot_id", "dataset_version", "dataset_source")}
+    return check_dataset(
+        manifest,
+        path or "path not recorded",
+        dataset_version,
+        ds_path,
+        allow_foreign=bool(know.get("allow_foreign_knowledge", False)),
+    )
 
 
 def _knowledge_pool(spec: Any, snapshot_path: str | None) -> tuple[np.ndarray, np.ndarray] | None:

@@ -8,8 +8,9 @@ version is used). Vectors are kept once per entity; rows carry an index into the
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -45,6 +46,7 @@ class KnowledgeTables:
     user_vectors: np.ndarray  # [n_users + 1, K], row 0 = zeros
     scenario_index: dict[str, int]
     scenario_vectors: np.ndarray  # [n_scenarios, K]
+    manifest: dict[str, Any] = field(default_factory=dict)  # the snapshot's manifest.json
 
     def lookup(self, frame: pl.DataFrame, source: str = "data") -> tuple[np.ndarray, np.ndarray]:
         """(user row index [N] (0 = none), scenario row index [N]) for rows with user_id, scenario_id."""
@@ -98,4 +100,5 @@ def load_knowledge(path: str | Path, expected_dim: int | None = None) -> Knowled
         user_vectors=user_vectors,
         scenario_index={s: i for i, s in enumerate(sids)},
         scenario_vectors=np.ascontiguousarray(svec, dtype=np.float32),
+        manifest=snap.manifest,
     )

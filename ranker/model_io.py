@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from llm4msr.config import Settings, load_config
+from llm4msr.config import DataConfig, Settings, dump_config, load_config
 from ranker.features import SPEC_FILE, FeatureSpec
 from ranker.model import RankerModel, build_model
 
@@ -57,6 +58,22 @@ def load_run(run_dir: str | Path) -> tuple[RankerModel, FeatureSpec]:
 
 def load_run_settings(run_dir: str | Path) -> Settings:
     return load_config(Path(run_dir) / CONFIG_FILE)
+
+
+def run_config_text(settings: Settings, data: DataConfig | None, data_dir: str | Path) -> str:
+    """A run's config.yaml: the settings it trained with, the `data` section being the dataset's
+    own build config (`data`, from its manifest) rather than the run's, which is only the default
+    unless the dataset was built from the same config. Without a recorded build config the `data`
+    section is left out (with a comment) instead of showing defaults the run never used."""
+    if data is not None:
+        return dump_config(settings.model_copy(update={"data": data}, deep=True))
+    tree = settings.model_dump(mode="json")
+    tree.pop("data")
+    return (
+        f"# data: not recorded: dataset {data_dir} has no source.config in its manifest.json (hand-built "
+        "tables, or built before manifests recorded it); run.json has its path, version and source\n"
+        + yaml.safe_dump(tree, sort_keys=False)
+    )
 
 
 def example_inputs(spec: FeatureSpec, batch: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -2,11 +2,13 @@
 
 Run directory (contract 4), built in a temporary sibling folder and renamed when complete:
 
-    config.yaml          resolved settings (train.lr = the learning rate kept by a sweep)
+    config.yaml          resolved settings (train.lr = the learning rate kept by a sweep; `data` = the
+                         dataset's own build config from its manifest, not this run's defaults)
     feature_spec.json    ranker.features.FeatureSpec
     model.safetensors    best-epoch weights (validation AUC)
     checkpoints/         epoch_NNN.safetensors of the latest epoch (resume/debug)
-    run.json             dataset + knowledge versions, seed, timings, parameter counts, fallback rate
+    run.json             dataset + knowledge versions (the snapshot's dataset id, `foreign` when it is
+                         not the data's), seed, timings, parameter counts, fallback rate
     metrics.json         per-epoch history (+ every sweep LR) and final per-scenario test metrics
     predictions.parquet  test rows + sampled top-K negatives: user_id, item_id, scenario_id, label,
                          score, source ("test" | "sampled")
@@ -27,9 +29,11 @@ import polars as pl
 import torch
 from torch import nn
 
+from feature_store.build import recorded_data_config
 from feature_store.dataset import CanonicalDataset, DataError, load_dataset
+from feature_store.knowledge_snapshot import check_dataset
 from llm4msr.atomic import atomic_directory, write_json_atomic, write_text_atomic
-from llm4msr.config import EvalConfig, Settings, dump_config
+from llm4msr.config import EvalConfig, Settings
 from llm4msr.progress import progress
 from llm4msr.provenance import provenance
 from ranker import metrics as M
@@ -42,6 +46,7 @@ from ranker.model_io import (
     PREDICTIONS_FILE,
     RUN_FILE,
     WEIGHTS_FILE,
+    run_config_text,
     save_weights,
 )
 
@@ -275,12 +280,17 @@ def train(
         raise FileExistsError(f"run directory {out} already exists (use another --out or --overwrite)")
     ds = load_dataset(data_dir)
     kt: KnowledgeTables | None = None
+    kcheck: dict[str, Any] = {}
     if cfg.use_llm:
         if knowledge is None:
             raise ValueError(
                 "train.use_llm is true but no knowledge snapshot was given (--knowledge DIR, or --no-llm)"
             )
         kt = load_knowledge(knowledge, cfg.knowledge_dim)
+        # Before anything else: knowledge of another dataset id can leak held-out labels.
+        kcheck = check_dataset(
+            kt.manifest, kt.path, ds.version(), data_dir, allow_foreign=cfg.allow_foreign_knowledge
+        )
     spec = build_spec(ds, kt.dimension if kt else 0)
     inter = ds.interactions
     splits = {
@@ -326,7 +336,9 @@ def train(
 
         resolved = settings.model_copy(deep=True)
         resolved.train.lr = lr
-        write_text_atomic(tmp / CONFIG_FILE, dump_config(resolved))
+        write_text_atomic(
+            tmp / CONFIG_FILE, run_config_text(resolved, recorded_data_config(ds, data_dir), data_dir)
+        )
         spec.save(tmp / SPEC_FILE)
         save_weights(model, tmp / WEIGHTS_FILE)
         pred.write_parquet(tmp / PREDICTIONS_FILE)
@@ -339,6 +351,8 @@ def train(
             "lr": lr,
             "lr_sweep": sweep if len(lrs) > 1 else [],
             "fallback": fallback,
+            # True: trained with knowledge of another dataset id (train.allow_foreign_knowledge)
+            "foreign_knowledge": bool(kcheck.get("foreign")),
             "final": final,
         }
         run_info = {
@@ -354,6 +368,7 @@ def train(
                 "family": kt.family,
                 "dimension": kt.dimension,
                 "path": kt.path,
+                **kcheck,
             },
             "backbone": cfg.backbone,
             "use_llm": cfg.use_llm,

@@ -67,6 +67,9 @@ class StoreVersion:
     status: str = COMPLETE  # writing | complete
     completed_at: float | None = None
     retired_at: float | None = None  # when it stopped being current (expiry clock starts)
+    # The snapshot's dataset ids (content, source); serving refuses another source. None: not recorded.
+    dataset_version: str | None = None
+    dataset_source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +87,8 @@ class StoreVersion:
             status=str(d.get("status", COMPLETE)),
             completed_at=None if d.get("completed_at") in (None, "") else float(d["completed_at"]),
             retired_at=None if d.get("retired_at") in (None, "") else float(d["retired_at"]),
+            dataset_version=str(d["dataset_version"]) if d.get("dataset_version") else None,
+            dataset_source=str(d["dataset_source"]) if d.get("dataset_source") else None,
         )
 
     @property
@@ -351,6 +356,8 @@ class OnlineStore(ABC):
         snapshot_id: str,
         entities: dict[str, EntityBatch],
         on_chunk: Callable[[str, int, int], None] | None = None,
+        dataset_version: str | None = None,
+        dataset_source: str | None = None,
     ) -> WriteStats:
         """Write all entities as `version` (status writing). Resumes an interrupted write of the
         same content; a complete version with the same shape is left as is. Does not switch."""
@@ -376,6 +383,8 @@ class OnlineStore(ABC):
             created_at=time.time(),
             snapshot_id=snapshot_id,
             status=WRITING,
+            dataset_version=dataset_version,
+            dataset_source=dataset_source,
         )
         stats = WriteStats(version)
         existing = self.version_info(version)

@@ -131,7 +131,13 @@ def plan_knowledge(
     if base_id and n_encode == 0 and not full:
         base_manifest = read_manifest(kp.base_snapshot)
         base_total = sum(int(v) for v in base_manifest.get("counts", {}).values())
-        unchanged = base_manifest.get("signature") == kp.signature and base_total == len(kp.prompts)
+        # Same prompts but another dataset id (e.g. only held-out rows changed) still publishes a
+        # version (everything carried): training refuses a snapshot whose dataset id is not its data's.
+        unchanged = (
+            base_manifest.get("signature") == kp.signature
+            and base_total == len(kp.prompts)
+            and base_manifest.get("dataset_version") == kp.dataset_version
+        )
     summary = {
         "run_key": kp.run_key,
         "plan_path": str(plan_path),

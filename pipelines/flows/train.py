@@ -1,6 +1,9 @@
 """Training flow: current data + current knowledge snapshot -> train -> evaluate -> export (parity
 gated) -> register in the model registry, unless the candidate is worse than the current model.
 
+The snapshot must have been built from the dataset id being trained on (`check-knowledge-dataset`,
+before any training); `train.allow_foreign_knowledge` goes ahead and the registry entry says so.
+
 Tasks pass run/model folders and content hashes. `train-ranker` is cached on (dataset content id,
 snapshot manifest hash, train/eval config), so re-running the flow on unchanged inputs reuses the
 run instead of training again; `export-model` is cached on the run's weights hash.
@@ -67,6 +70,27 @@ def current_knowledge(snapshot_root: str, use_llm: bool) -> dict[str, Any]:
             )
         return {"path": None, "snapshot_id": None, "digest": None}
     return {"path": str(path), "snapshot_id": path.name, "digest": folder_digest(path)}
+
+
+@task(name="check-knowledge-dataset", persist_result=False)
+def check_knowledge_dataset(dataset_dir: str, snapshot_dir: str, allow_foreign: bool) -> dict[str, Any]:
+    """Refuse a current snapshot built from another dataset id than the data the flow trains on
+    (its prompts may describe held-out rows); returns the record kept in the report and registry."""
+    from feature_store.dataset import read_version
+    from feature_store.knowledge_snapshot import ForeignKnowledgeError, check_dataset, read_manifest
+
+    try:
+        return check_dataset(
+            read_manifest(snapshot_dir),
+            snapshot_dir,
+            read_version(dataset_dir),
+            dataset_dir,
+            allow_foreign=allow_foreign,
+        )
+    except ForeignKnowledgeError as exc:
+        raise FlowError(
+            f"train flow: {exc}; the nightly-knowledge flow rebuilds it on the current data"
+        ) from exc
 
 
 @task(name="train-ranker", cache_key_fn=cache_on("dataset_digest", "knowledge_digest", "train_digest"))
@@ -195,6 +219,10 @@ def train_flow(config: str | None = None, overrides: list[str] | None = None) ->
         know = with_config(current_knowledge, settings)(
             settings.knowledge.snapshot_root, settings.train.use_llm
         )
+        if settings.train.use_llm:
+            know["dataset_check"] = with_config(check_knowledge_dataset, settings)(
+                dataset["path"], know["path"], settings.train.allow_foreign_knowledge
+            )
     train_digest = section_digest(settings, "train", "eval")
     with timer.stage("train"):
         run = with_config(train_ranker, settings)(
@@ -227,6 +255,7 @@ def train_flow(config: str | None = None, overrides: list[str] | None = None) ->
         "dataset_digest": dataset["digest"],
         "knowledge_snapshot_id": know["snapshot_id"],
         "knowledge_digest": know["digest"],
+        "knowledge_foreign": bool((know.get("dataset_check") or {}).get("foreign")),
         "exporter": exp["exporter"],
         "parity_max_abs_diff": exp["parity"].get("max_abs_diff"),
         "train_config_digest": train_digest,

@@ -7,7 +7,8 @@ on the version stamped on every read, so detecting a change costs no extra round
 
 Knowledge that is missing, stale, malformed or unreadable (store down) -> `user_has_knowledge = 0`
 (the model's learned fallback), counted by reason. A store whose knowledge family or dimension
-differs from what the model was trained on is refused (KnowledgeMismatchError) or, with
+differs from what the model was trained on, or whose knowledge comes from another dataset source
+(dataset, path, split), is refused (KnowledgeMismatchError) or, with
 `serve.on_knowledge_mismatch = "fallback"`, served with fallback knowledge only; never mixed.
 """
 
@@ -80,6 +81,8 @@ class Ranker:
         know = self.artifact.knowledge
         self.dimension = max(int(know.get("dimension") or 0), 1)
         self.family: str | None = know.get("family")
+        # Source id of the dataset the model's knowledge came from (None: exported before it was recorded).
+        self.dataset_source: str | None = know.get("dataset_source")
         self.needs_knowledge = bool(know.get("use_llm", True)) and any(
             n in A.KNOWLEDGE_INPUTS for n in self.input_names
         )
@@ -109,6 +112,13 @@ class Ranker:
             problems.append(f"dimension {info.dimension} != {self.dimension}")
         if self.family and info.knowledge_family != self.family:
             problems.append(f"knowledge family {info.knowledge_family!r} != {self.family!r}")
+        # Same source and split, newer rows (a refresh) is the normal case; another dataset is not.
+        if self.dataset_source and info.dataset_source != self.dataset_source:
+            problems.append(
+                f"knowledge built from dataset source {info.dataset_source!r} != "
+                f"{self.dataset_source!r} (another dataset or split; None: the store version does not "
+                "record one, re-materialize a snapshot built by this version)"
+            )
         if problems:
             st.reason = (
                 f"online store version {info.version} does not match model {self.artifact.path} "

@@ -66,3 +66,28 @@ def test_train_flow_registers_then_refuses_a_worse_model(
     assert worse["evaluation"]["valid_auc"] < boosted["valid_auc"] - 0.002
     assert "below the current model" in worse["reason"] and mid in worse["reason"]
     assert reg.current_id() == mid and reg.list_versions() == [mid]
+
+
+def test_train_flow_refuses_knowledge_of_another_split(nightly_run: dict, tmp_path: Path) -> None:
+    """The nightly snapshot was built on the leave-last-n dataset; the same source split at random
+    is another dataset id, so the flow stops before training and names both ids."""
+    import shutil
+
+    from feature_store.build import build_and_write
+    from feature_store.dataset import read_version
+    from llm4msr.config import DataConfig
+    from pipelines.flows.knowledge import FlowError
+    from pipelines.flows.train import train_flow
+    from tests.pipelines.conftest import TINY_DATA
+
+    shutil.copytree(nightly_run["root"] / "knowledge", tmp_path / "knowledge")
+    random_split = {**TINY_DATA, "split": {"strategy": "random"}}
+    data = build_and_write(DataConfig.model_validate(random_split), tmp_path / "data-random")
+    cfg = write_flow_config(tmp_path, data, data={"split": {"strategy": "random"}})
+    with pytest.raises(FlowError) as exc:
+        train_flow(config=str(cfg))
+    snapshot = Path(nightly_run["report"]["snapshot"]["path"])
+    snapshot_version = json.loads((snapshot / "manifest.json").read_text())["dataset_version"]
+    assert read_version(data) in str(exc.value) and snapshot_version in str(exc.value)
+    assert "train.allow_foreign_knowledge" in str(exc.value)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from feature_store.dataset import CanonicalDataset, write_dataset
+from feature_store.dataset import CanonicalDataset, load_dataset, write_dataset
 from feature_store.knowledge_snapshot import KnowledgeRows, knowledge_family, write_snapshot_files
 from feature_store.offline_store import OfflineStore
 from feature_store.schema import INTERACTIONS_SCHEMA
@@ -83,10 +83,12 @@ def make_snapshot(
     drop_users: int = 5,
     drop_scenarios: int = 0,
     tastes: np.ndarray | None = None,
+    dataset_version: str | None = "from-data",
 ) -> Path:
     """A current snapshot of random (or taste-bearing) vectors in an OfflineStore at `root`; returns root.
 
-    The first `drop_users` users get no vector (exercises the fallback).
+    The first `drop_users` users get no vector (exercises the fallback). The manifest records
+    `data_dir`'s dataset id as a real build would (`dataset_version=None`: an old snapshot without one).
     """
     rng = np.random.default_rng(seed)
     users = pl.read_parquet(data_dir / "users.parquet")["user_id"].to_list()[drop_users:]
@@ -119,11 +121,22 @@ def make_snapshot(
                 "model_id": "random",
                 "pooling": "MEAN",
                 "knowledge_family": knowledge_family("random", "MEAN", dim),
+                **_dataset_ids(data_dir, dataset_version),
             },
             "float32",
         )
     store.set_current(sid)
     return root
+
+
+def _dataset_ids(data_dir: Path, version: str | None) -> dict[str, str]:
+    if version is None:
+        return {}
+    ds = load_dataset(data_dir)
+    return {
+        "dataset_version": ds.version() if version == "from-data" else version,
+        "dataset_source": ds.source_id(),
+    }
 
 
 # Training overrides that keep a test run to seconds (tiny model, one epoch, one thread).
