@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from feature_store import schema
-from feature_store.adapters import RawData, get_adapter
+from feature_store.adapters import ADAPTERS, RawData, get_adapter
 from feature_store.dataset import CanonicalDataset, DataError, validate, write_dataset
 from feature_store.splits import assign_splits, train_cutoffs
 from feature_store.vocab import feature_tables, fit_vocabs
@@ -54,6 +54,12 @@ def build_dataset(cfg: DataConfig, *, check: bool = True) -> CanonicalDataset:
 
     check=False skips the final contract validation (write_dataset validates anyway).
     """
+    if cfg.dataset == "synthetic" and cfg.path:
+        raise DataError(
+            f"data.path is {cfg.path!r} but data.dataset is 'synthetic', which generates its data and reads "
+            "no files; name the source with --dataset (data.dataset): one of "
+            f"{sorted(n for n in ADAPTERS if n != 'synthetic')}"
+        )
     t0 = time.perf_counter()
     raw = get_adapter(cfg.dataset).load(cfg)
     log.info("loaded %s in %.1fs", cfg.dataset, time.perf_counter() - t0)

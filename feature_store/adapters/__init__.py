@@ -55,6 +55,20 @@ def get_adapter(name: str) -> Adapter:
     return importlib.import_module(ADAPTERS[name])  # type: ignore[return-value]
 
 
+def detect_datasets(path: str | Path) -> list[str]:
+    """The datasets whose adapter recognises the files at `path` (each file-reading adapter has
+    `matches(path)`); `data build --path` without --dataset uses this instead of building synthetic."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"source path {p} does not exist")
+    found = []
+    for name, module in ADAPTERS.items():
+        matches = getattr(importlib.import_module(module), "matches", None)
+        if matches is not None and matches(p):
+            found.append(name)
+    return found
+
+
 def require_path(cfg: DataConfig, dataset: str) -> Path:
     """The source folder (or file) from `data.path`; FileNotFoundError if it is missing."""
     if not cfg.path:

@@ -392,6 +392,17 @@ def _load_reviews(folder: Path, cfg: DataConfig) -> RawData:
     )
 
 
+def matches(path: Path) -> bool:
+    """True when `path` holds the sequence layout (num.txt) or review JSON lines (for `data build
+    --path` without --dataset)."""
+    folder = path if path.is_dir() else path.parent
+    if (folder / "num.txt").is_file():
+        return True
+    return any(
+        (stem := _strip_suffix(p.name)) is not None and not stem.startswith("meta_") for p in folder.iterdir()
+    )
+
+
 def load(cfg: DataConfig) -> RawData:
     """Read an Amazon folder in the sequence or the reviews JSON-lines layout (detected from its files)."""
     path = require_path(cfg, "amazon")

@@ -7,6 +7,8 @@ their items independently. Without a timestamp column the split is seeded-random
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 
 from feature_store.adapters import RawData, require_path
@@ -26,6 +28,17 @@ DOMAINS = {
     "movie": ("Movies", "Douban Movies: ratings of films and TV series."),
     "music": ("Music", "Douban Music: ratings of albums and songs."),
 }
+
+
+def matches(path: Path) -> bool:
+    """True when `path` is (or is a folder with exactly one) CSV whose header has domain, user_id,
+    item_id and label (for `data build --path` without --dataset)."""
+    found = [path] if path.is_file() else sorted(path.glob("*.csv"))
+    if len(found) != 1 or found[0].suffix.lower() != ".csv":
+        return False
+    with open(found[0], encoding="utf-8", errors="replace") as fh:
+        header = {c.strip().lower() for c in fh.readline().split(",")}
+    return {"domain", "user_id", "item_id", "label"} <= header
 
 
 def load(cfg: DataConfig) -> RawData:

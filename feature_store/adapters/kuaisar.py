@@ -13,6 +13,7 @@ Label: click (recommendation) or click_cnt > 0 (search). Timestamps become unix 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import polars as pl
 
@@ -39,6 +40,13 @@ SCENARIOS = [
     ),
     ("search", "Search", "Kuaishou's search: videos and other results shown after the user types a query."),
 ]
+
+
+def matches(path: Path) -> bool:
+    """True when `path` holds KuaiSAR's rec_inter.csv and src_inter.csv (for `data build --path`
+    without --dataset)."""
+    folder = path if path.is_dir() else path.parent
+    return (folder / "rec_inter.csv").is_file() and (folder / "src_inter.csv").is_file()
 
 
 def load(cfg: DataConfig) -> RawData:

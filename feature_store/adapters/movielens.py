@@ -100,6 +100,15 @@ def detect_layout(path: Path) -> str:
     )
 
 
+def matches(path: Path) -> bool:
+    """True when `path` holds one of the MovieLens layouts (for `data build --path` without --dataset)."""
+    try:
+        detect_layout(path)
+    except DataError:
+        return False
+    return True
+
+
 def _recbole_file(folder: Path, ext: str) -> Path:
     found = sorted(folder.glob(f"*.{ext}"))
     if not found:

@@ -39,9 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--dataset",
         choices=DATASETS,
-        help="source adapter (default: data.dataset from the config, i.e. synthetic)",
+        help="source adapter (default: detected from the files at --path when one is given, else "
+        "data.dataset from the config, i.e. synthetic)",
     )
-    build.add_argument("--path", metavar="P", help="source folder or file (data.path); not used by synthetic")
+    build.add_argument(
+        "--path",
+        metavar="P",
+        help="source folder or file (data.path); without --dataset the adapter is detected from its files",
+    )
     build.add_argument("--out", metavar="DIR", help="output folder (default: data.out from the config)")
     add_config_args(build)
     build.set_defaults(handler=_build)
@@ -69,6 +74,8 @@ def _build(args: argparse.Namespace) -> int:
     cfg = settings.data
     if args.path is not None:
         cfg.path = args.path
+    if cfg.path and cfg.dataset == "synthetic" and not args.dataset:
+        cfg.dataset = _detect(cfg.path)
     out = Path(args.out or cfg.out)
     if cfg.dataset != "synthetic" and not cfg.path:
         raise UserError(f"dataset {cfg.dataset!r} needs --path (the folder with its source files)")
@@ -77,6 +84,25 @@ def _build(args: argparse.Namespace) -> int:
     print(format_summary(summary))
     print(f"written to {folder}")
     return 0
+
+
+def _detect(path: str) -> str:
+    """The one adapter that recognises the files at `path`: a path with the default dataset
+    (synthetic, which reads no files) would otherwise build synthetic data and look like success."""
+    from feature_store.adapters import detect_datasets
+
+    found = detect_datasets(path)
+    others = "|".join(d for d in DATASETS if d != "synthetic")
+    if not found:
+        raise UserError(
+            f"--path {path}: no known source layout there (MovieLens u.data / *.inter / ratings.dat, Amazon "
+            "num.txt or review JSON lines, KuaiSAR rec_inter.csv + src_inter.csv, a Douban CSV), and the "
+            f"default dataset 'synthetic' reads no files; pass --dataset {others}"
+        )
+    if len(found) > 1:
+        raise UserError(f"--path {path}: the files fit several datasets {found}; pass --dataset {others}")
+    print(f"dataset {found[0]!r} detected from the files in {path} (pass --dataset to choose another)")
+    return found[0]
 
 
 def _summary(args: argparse.Namespace) -> int:
