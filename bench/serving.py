@@ -137,7 +137,7 @@ def _in_process(model_dir: Path, url: str, n_req: int, sizes: list[int], seed: i
             "user_has_knowledge": torch.full((n,), has),
             "scenario_knowledge": torch.from_numpy(
                 np.ascontiguousarray(
-                    np.broadcast_to(ranker._scenario_vectors[ranker.scenario_vocab[s]], (n, len(vec)))
+                    np.broadcast_to(ranker.scenario_vectors[ranker.scenario_vocab[s]], (n, len(vec)))
                 )
             ),
         }

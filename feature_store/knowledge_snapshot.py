@@ -9,6 +9,8 @@ A snapshot is an immutable folder:
     manifest.json       format_version, snapshot_id, dimension, dtype, model_id, pooling, backend,
                         knowledge_family, template_hashes, counts, checksums, pca, dataset_version, provenance
     pca.npz             (optional) mean + components of the PCA applied to the raw LLM vectors
+    manifest.sha256     sha256 of manifest.json (`sha256sum` format): the manifest lists the other files'
+                        checksums, this one covers the manifest itself; checked by `read_manifest`
 
 `knowledge_family` identifies the embedding space (model, pooling, PCA, dimension): vectors of two
 snapshots of the same family are comparable; serving refuses a store of another family.
@@ -22,6 +24,7 @@ serving compares it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -32,7 +35,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from llm4msr.atomic import sha256_file, sha256_text, write_json_atomic
+from llm4msr.atomic import (
+    read_sha256_sidecar,
+    sha256_file,
+    sha256_text,
+    sidecar_path,
+    write_json_atomic,
+    write_sha256_sidecar,
+)
+from llm4msr.ids import check_id
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +239,11 @@ def write_snapshot_files(
         checksums=checksums,
     )
     write_json_atomic(folder / MANIFEST_FILE, out)
+    write_sha256_sidecar(folder / MANIFEST_FILE)  # a writer that edits the manifest afterwards re-seals
     return out
+
+
+_unsealed_warned: set[str] = set()  # legacy manifests already warned about (once per path)
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
@@ -238,11 +253,26 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise SnapshotError(
             f"{folder} is not a knowledge snapshot (expected {KNOWLEDGE_FILE} and {MANIFEST_FILE})"
         )
-    manifest = json.loads(mpath.read_text())
+    raw = mpath.read_bytes()  # hashed and parsed from the same bytes
+    manifest = json.loads(raw)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise SnapshotError(
             f"{mpath}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}"
         )
+    try:
+        expected = read_sha256_sidecar(mpath)
+    except ValueError as exc:
+        raise SnapshotError(str(exc)) from exc
+    if expected is None:  # written before manifests were sealed: accepted (the id is still checked)
+        if str(mpath) not in _unsealed_warned:
+            _unsealed_warned.add(str(mpath))
+            log.warning("%s: no %s (written before manifest checksums)", mpath, sidecar_path(mpath).name)
+    elif (actual := hashlib.sha256(raw).hexdigest()) != expected:
+        raise SnapshotError(
+            f"{mpath}: sha256 {actual[:12]}… != {sidecar_path(mpath).name} {expected[:12]}…: the manifest "
+            "was changed after the snapshot was written"
+        )
+    check_id(manifest.get("snapshot_id"), "key 'snapshot_id'", mpath, SnapshotError)
     return manifest
 
 

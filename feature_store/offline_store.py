@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from feature_store.knowledge_snapshot import KNOWLEDGE_FILE, MANIFEST_FILE, SnapshotError, read_manifest
-from llm4msr.atomic import atomic_directory
+from llm4msr.atomic import atomic_directory, write_sha256_sidecar
 from llm4msr.versioned import VersionedFolders
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,20 @@ class OfflineStore(VersionedFolders):
     # ---- writing
     @contextlib.contextmanager
     def new_version(self, snapshot_id: str | None = None) -> Iterator[tuple[str, Path]]:
-        """Yield (id, temp folder). On clean exit the folder becomes versions/<id> (not yet current)."""
+        """Yield (id, temp folder). On clean exit the folder becomes versions/<id> (not yet current).
+
+        The manifest is sealed (manifest.sha256) here, after the caller's last edit of it, and the
+        folder is checked before the rename: a non-snapshot or a manifest naming another id is
+        never published."""
         sid = snapshot_id or new_snapshot_id()
-        with atomic_directory(self.versions_dir / sid) as tmp:
+        final = self.dir_of(sid)
+        with atomic_directory(final) as tmp:
             yield sid, tmp
-        read_manifest(self.versions_dir / sid)  # refuse to keep something that is not a snapshot
+            if (tmp / MANIFEST_FILE).is_file():
+                write_sha256_sidecar(tmp / MANIFEST_FILE)
+            got = read_manifest(tmp).get("snapshot_id")
+            if got != sid:
+                raise SnapshotError(f"{tmp / MANIFEST_FILE}: key 'snapshot_id' is {got!r}, expected {sid!r}")
 
     def publish(self, snapshot_id: str, keep: int | None = None) -> list[str]:
         """Make a complete version current, then (if `keep`) prune old versions; returns deleted ids."""

@@ -75,13 +75,32 @@ def atomic_directory(final: str | Path, *, overwrite: bool = False) -> Iterator[
             trash = final.parent / f".{final.name}.old-{os.getpid()}"
             os.replace(final, trash)
             os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
+            remove_tree(trash, final.parent)
         else:
             os.replace(tmp, final)
         fsync_dir(final.parent)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp, final.parent)
         raise
+
+
+class UnsafeDeleteError(ValueError):
+    """A recursive delete whose target is not strictly inside the folder it should be in."""
+
+
+def remove_tree(path: str | Path, parent: str | Path, *, ignore_errors: bool = True) -> None:
+    """`shutil.rmtree(path)`, but only when `path` resolves to something strictly inside `parent`.
+
+    Why: version folders are named by ids; an id like '..' or '.', or a symlink, would otherwise
+    turn "delete this version" into "delete the whole store". A symlink itself is refused too (a
+    version folder is never one). Missing paths are fine (nothing to delete)."""
+    path, parent = Path(path), Path(parent)
+    real, base = path.resolve(), parent.resolve()
+    if base not in real.parents or path.is_symlink():
+        raise UnsafeDeleteError(
+            f"refusing to delete {path} (resolves to {real}): expected a folder strictly inside {base}"
+        )
+    shutil.rmtree(path, ignore_errors=ignore_errors)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -94,3 +113,29 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """`manifest.json` -> `manifest.sha256`: where the checksum of a file that lists the others lives."""
+    return Path(path).with_suffix(".sha256")
+
+
+def write_sha256_sidecar(path: str | Path) -> str:
+    """Record the sha256 of `path` next to it, in `sha256sum` format (`sha256sum -c` checks it)."""
+    path = Path(path)
+    digest = sha256_file(path)
+    write_text_atomic(sidecar_path(path), f"{digest}  {path.name}\n")
+    return digest
+
+
+def read_sha256_sidecar(path: str | Path) -> str | None:
+    """The recorded sha256 of `path`, or None when there is no sidecar (written before they existed)."""
+    side = sidecar_path(path)
+    try:
+        text = side.read_text()
+    except FileNotFoundError:
+        return None
+    digest = text.split()[0] if text.split() else ""
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"{side}: {digest[:70]!r} is not a sha256 digest (expected 64 hex characters)")
+    return digest

@@ -8,15 +8,19 @@ The offline knowledge store and the model registry are both this: a version is w
 temporary folder, renamed into `versions/` when complete, and only then made current, so readers
 see the previous version or the new one, never a partial one. Subclasses say what a complete
 version is (`marker`, `validate`) and which error they raise.
+
+Version ids (arguments, CURRENT, HISTORY) are checked with `llm4msr.ids.check_id` before they are
+joined onto a path, and deletes go through `remove_tree` (strictly inside `versions/`), so an id
+like `..` can neither name nor delete anything outside its own version folder.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
-from llm4msr.atomic import write_text_atomic
+from llm4msr.atomic import remove_tree, write_text_atomic
+from llm4msr.ids import check_id, is_valid_id
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +38,18 @@ class VersionedFolders:
         """Raise `self.error` if `path` is not a complete, valid version (hook for subclasses)."""
 
     # ---- reading
+    def dir_of(self, version: str) -> Path:
+        """versions/<version>, after checking the id (the only way an id becomes a path here)."""
+        return self.versions_dir / check_id(version, "version id", f"{self.kind} {self.root}", self.error)
+
     def list_versions(self) -> list[str]:
+        """Version folders; names that are not valid ids (temp folders, strays) are not versions."""
         if not self.versions_dir.is_dir():
             return []
-        return sorted(
-            p.name for p in self.versions_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
+        return sorted(p.name for p in self.versions_dir.iterdir() if p.is_dir() and is_valid_id(p.name))
 
     def is_complete(self, version: str) -> bool:
-        return (self.versions_dir / version / self.marker).is_file()
+        return (self.dir_of(version) / self.marker).is_file()
 
     def path_of(self, version: str) -> Path:
         if not self.is_complete(version):
@@ -53,7 +60,8 @@ class VersionedFolders:
         pointer = self.root / "CURRENT"
         if not pointer.is_file():
             return None
-        return pointer.read_text().strip() or None
+        cid = pointer.read_text().strip() or None
+        return None if cid is None else check_id(cid, "version id", pointer, self.error)
 
     def current_path(self) -> Path | None:
         cid = self.current_id()
@@ -61,7 +69,8 @@ class VersionedFolders:
 
     def history(self) -> list[str]:
         hist = self.root / "HISTORY"
-        return [x for x in hist.read_text().split() if x] if hist.is_file() else []
+        ids = [x for x in hist.read_text().split() if x] if hist.is_file() else []
+        return [check_id(x, "version id", hist, self.error) for x in ids]
 
     # ---- switching
     def _write_pointers(self, current: str, history: list[str]) -> None:
@@ -100,7 +109,7 @@ class VersionedFolders:
         versions = sorted(self.list_versions(), key=published)
         doomed = [v for v in versions[: max(0, len(versions) - keep)] if v != current]
         for v in doomed:
-            shutil.rmtree(self.versions_dir / v, ignore_errors=True)
+            remove_tree(self.dir_of(v), self.versions_dir)
         if doomed:
             log.info(
                 "%s %s: deleted %d old version(s) (keep %d): %s",

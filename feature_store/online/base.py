@@ -33,24 +33,17 @@ import numpy as np
 
 from feature_store.online import codec
 from llm4msr.config import StoreConfig
+from llm4msr.ids import check_id
 from llm4msr.progress import progress
 
 log = logging.getLogger(__name__)
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 COMPLETE = "complete"
 WRITING = "writing"
 
 
 class StoreError(RuntimeError):
     """The store cannot do what was asked (backend unreachable, version incomplete or unknown...)."""
-
-
-def check_name(what: str, value: str) -> str:
-    """Version ids and kinds end up in keys and paths: keep them to a safe alphabet."""
-    if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise ValueError(f"{what} {value!r} is not valid: expected 1-128 characters of [A-Za-z0-9._-]")
-    return value
 
 
 @dataclass(frozen=True)
@@ -299,11 +292,17 @@ class OnlineStore(ABC):
 
     # ------------------------------------------------------------------ reading
     def current(self) -> StoreVersion | None:
-        """The current version's metadata (re-read from the backend, not cached)."""
+        """The current version's metadata, re-read from the backend (not cached). It also refreshes
+        the readers' pointer cache, so cached reads never lag behind what a caller just saw."""
         vid = self._read_pointer()
-        return self.version_info(vid) if vid else None
+        info = self.version_info(vid) if vid else None
+        with self._cache_lock:
+            self._cached, self._cached_at = info, time.monotonic()
+        return info
 
-    def _current_cached(self) -> StoreVersion | None:
+    def current_cached(self) -> StoreVersion | None:
+        """The current version's metadata, re-read at most every `pointer_cache_ms` (may lag a switch
+        by that much: use it to notice a switch, and read by explicit version). May raise."""
         now = time.monotonic()
         with self._cache_lock:
             if now - self._cached_at < self.cfg.pointer_cache_ms / 1000.0:
@@ -322,12 +321,13 @@ class OnlineStore(ABC):
         with self._cache_lock:
             self._cached_at = -1e18
 
-    def read(self, kind: str, entity_ids: Sequence[str]) -> ReadResult:
-        """Vectors of `entity_ids` in the current version; never raises on the request path."""
+    def read(self, kind: str, entity_ids: Sequence[str], version: StoreVersion | None = None) -> ReadResult:
+        """Vectors of `entity_ids` in `version` (default: the current one, through the pointer cache);
+        never raises on the request path. Pass `version` to read several kinds of one version."""
         ids = list(entity_ids)
         n = len(ids)
         try:
-            cur = self._current_cached()
+            cur = version if version is not None else self.current_cached()
             if cur is None or n == 0:
                 result = empty_result(n, cur)
             else:
@@ -343,7 +343,7 @@ class OnlineStore(ABC):
                 log.warning("online store %s: read failed, returning missing: %s", self.redacted_url, exc)
             with self._cache_lock:
                 cached = self._cached
-            result = empty_result(n, cached, errors=True)
+            result = empty_result(n, version or cached, errors=True)
         self.counters.add(result)
         return result
 
@@ -361,9 +361,9 @@ class OnlineStore(ABC):
     ) -> WriteStats:
         """Write all entities as `version` (status writing). Resumes an interrupted write of the
         same content; a complete version with the same shape is left as is. Does not switch."""
-        check_name("version", version)
+        check_id(version, "version", self.redacted_url)
         t0 = time.perf_counter()
-        entities = {check_name("kind", k): b.sorted() for k, b in entities.items() if len(b.ids)}
+        entities = {check_id(k, "kind", version): b.sorted() for k, b in entities.items() if len(b.ids)}
         if not entities:
             raise ValueError(f"version {version}: nothing to write (no entities)")
         dims = {k: int(np.asarray(b.vectors).shape[1]) for k, b in entities.items()}

@@ -12,7 +12,9 @@
 A lookup is a binary search of the memory-mapped id index plus a gather of the records, then the
 same header checks as Redis. A version folder moves from staging/ to versions/ only after it has
 been verified; old versions are deleted `old_version_ttl_seconds` after they stop being current.
-One writer at a time per root.
+One writer at a time per root. Version ids (arguments, CURRENT, HISTORY) are checked with
+`llm4msr.ids.check_id` before they become a path, and every delete is `remove_tree` (strictly
+inside `staging/` or `versions/`): an id such as `..` cannot reach the root.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Sequence
@@ -31,8 +32,9 @@ import numpy as np
 
 from feature_store.online import codec
 from feature_store.online.base import COMPLETE, EntityBatch, OnlineStore, StoreError, StoreVersion
-from llm4msr.atomic import fsync_dir, write_json_atomic, write_text_atomic
+from llm4msr.atomic import fsync_dir, remove_tree, write_json_atomic, write_text_atomic
 from llm4msr.config import StoreConfig
+from llm4msr.ids import check_id, is_valid_id
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +135,10 @@ class LocalStore(OnlineStore):
 
     # ------------------------------------------------------------------ paths
     def _final(self, version: str) -> Path:
-        return self.root / "versions" / version
+        return self.root / "versions" / check_id(version, "version", self.root)
 
     def _staging(self, version: str) -> Path:
-        return self.root / "staging" / version
+        return self.root / "staging" / check_id(version, "version", self.root)
 
     def _dir(self, version: str) -> Path | None:
         for d in (self._final(version), self._staging(version)):
@@ -146,10 +148,12 @@ class LocalStore(OnlineStore):
 
     # ------------------------------------------------------------------ metadata
     def _read_pointer(self) -> str | None:
+        pointer = self.root / "CURRENT"
         try:
-            return (self.root / "CURRENT").read_text().strip() or None
+            vid = pointer.read_text().strip() or None
         except FileNotFoundError:
             return None
+        return None if vid is None else check_id(vid, "version", pointer, StoreError)
 
     def version_info(self, version: str) -> StoreVersion | None:
         d = self._dir(version)
@@ -174,17 +178,19 @@ class LocalStore(OnlineStore):
             base = self.root / sub
             if base.is_dir():
                 for p in sorted(base.iterdir()):
-                    if (p / "meta.json").is_file() and not p.name.startswith("."):
+                    if is_valid_id(p.name) and (p / "meta.json").is_file():
                         info = self.version_info(p.name)
                         if info is not None:
                             out.append(info)
         return out
 
     def history(self) -> list[str]:
+        path = self.root / "HISTORY"
         try:
-            return (self.root / "HISTORY").read_text().split()
+            ids = path.read_text().split()
         except FileNotFoundError:
             return []
+        return [check_id(v, "version", path, StoreError) for v in ids]
 
     # ------------------------------------------------------------------ reading
     def _open(
@@ -274,7 +280,7 @@ class LocalStore(OnlineStore):
             self._progress[meta.version] = {str(k): int(v) for k, v in progress.items()}
             log.info("local store: resuming version %s (%s)", meta.version, self._progress[meta.version])
             return dict(self._progress[meta.version])
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging, self.root / "staging")
         staging.mkdir(parents=True)
         write_json_atomic(staging / "meta.json", meta.to_dict())
         write_json_atomic(staging / "progress.json", {})
@@ -343,7 +349,7 @@ class LocalStore(OnlineStore):
         final = self._final(version)
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():
-            shutil.rmtree(final)
+            remove_tree(final, final.parent, ignore_errors=False)
         fsync_dir(staging)
         os.replace(staging, final)
         fsync_dir(final.parent)
@@ -356,8 +362,8 @@ class LocalStore(OnlineStore):
             raise StoreError(f"version {version} is current; roll back or switch before dropping it")
         for k in [k for k in self._writers if k[0] == version]:
             self._writers.pop(k).close()
-        shutil.rmtree(self._staging(version), ignore_errors=True)
-        shutil.rmtree(self._final(version), ignore_errors=True)
+        remove_tree(self._staging(version), self.root / "staging")
+        remove_tree(self._final(version), self.root / "versions")
 
     # ------------------------------------------------------------------ pointer
     def _switch(self, version: str, previous: str | None, history: list[str]) -> None:
@@ -383,7 +389,7 @@ class LocalStore(OnlineStore):
                     info.version,
                     now - info.retired_at,
                 )
-                shutil.rmtree(self._final(info.version), ignore_errors=True)
+                remove_tree(self._final(info.version), self.root / "versions")
 
     # ------------------------------------------------------------------ status
     def _backend_status(self) -> dict[str, Any]:

@@ -49,6 +49,7 @@ import numpy as np
 from feature_store.online import codec, resp_values
 from feature_store.online.base import COMPLETE, EntityBatch, OnlineStore, StoreError, StoreVersion
 from llm4msr.config import StoreConfig
+from llm4msr.ids import check_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -123,7 +124,8 @@ class RedisStore(OnlineStore):
         )
         self._r = redis.Redis(connection_pool=self._rpool)
         self._w = redis.Redis(connection_pool=self._wpool)
-        ns = cfg.namespace
+        # Glob characters in the namespace would make the SCAN pattern of drop_version match other keys.
+        ns = check_id(cfg.namespace, "store.namespace", self.redacted_url)
         self._k_current, self._k_history, self._k_versions = (
             f"{ns}:current",
             f"{ns}:history",
@@ -136,7 +138,7 @@ class RedisStore(OnlineStore):
 
     # ------------------------------------------------------------------ helpers
     def _meta_key(self, version: str) -> str:
-        return f"{self.cfg.namespace}:meta:{version}"
+        return f"{self.cfg.namespace}:meta:{check_id(version, 'version', self.redacted_url)}"
 
     def _bucket_prefix(self, version: str, kind: str) -> str:
         return f"{self.cfg.namespace}:h:{version}:{kind}:"
@@ -200,7 +202,9 @@ class RedisStore(OnlineStore):
     # ------------------------------------------------------------------ metadata
     def _read_pointer(self) -> str | None:
         raw = self._call("reading the current-version pointer", lambda: self._r.get(self._k_current))
-        return raw.decode() if raw else None
+        return (
+            check_id(raw.decode(), "version", f"{self.redacted_url} key {self._k_current}") if raw else None
+        )
 
     def version_info(self, version: str) -> StoreVersion | None:
         raw = self._call(f"reading metadata of {version}", lambda: self._r.hgetall(self._meta_key(version)))
@@ -225,9 +229,8 @@ class RedisStore(OnlineStore):
         return out
 
     def history(self) -> list[str]:
-        return [
-            h.decode() for h in self._call("reading history", lambda: self._w.lrange(self._k_history, 0, -1))
-        ]
+        raw = self._call("reading history", lambda: self._w.lrange(self._k_history, 0, -1))
+        return [check_id(h.decode(), "version", f"{self.redacted_url} key {self._k_history}") for h in raw]
 
     # ------------------------------------------------------------------ reading
     def _plan_read(

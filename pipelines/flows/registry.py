@@ -126,7 +126,7 @@ class ModelRegistry(VersionedFolders):
         if not (export_dir / "manifest.json").is_file():
             raise RegistryError(f"{export_dir} is not an exported model folder (no manifest.json)")
         mid = model_id or new_model_id()
-        final = self.versions_dir / mid
+        final = self.dir_of(mid)  # checks the id: it becomes a folder name
         if (final / REGISTRY_FILE).is_file():  # idempotent re-run of the same registration
             log.info("model registry %s: %s already registered", self.root, mid)
         else:

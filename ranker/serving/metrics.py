@@ -55,6 +55,11 @@ class ServingMetrics:
             "times the store's current knowledge version changed",
             registry=r,
         )
+        self.versions_rejected = Counter(
+            "llm4msr_knowledge_versions_rejected",
+            "store versions not adopted because their scenario vectors could not all be read",
+            registry=r,
+        )
         self.knowledge_ok = Gauge(
             "llm4msr_knowledge_agrees",
             "1 when the store's knowledge family/dimension match the model",

@@ -2,8 +2,16 @@
 
 Per request: ids -> feature indices with the exported lookup tables (unknown -> 0), ONE batched
 online-store read for the user's knowledge vector, scenario knowledge from memory, one
-onnxruntime run. Scenario vectors are reloaded when the store's current version changes (seen
-on the version stamped on every read, so detecting a change costs no extra round trip).
+onnxruntime run.
+
+One version per request: a request pins the current `KnowledgeState` (a store version, its
+metadata and its scenario vectors) and reads the user's vector *of that version*, so user and
+scenario knowledge never come from two versions. A switch is noticed through the store's
+pointer cache (no extra round trip); the new version's state is built completely (scenario
+vectors read by explicit version) and published with one reference swap. A version whose
+scenario vectors cannot all be read is not adopted: the previous state keeps serving, a warning
+is logged and `llm4msr_knowledge_versions_rejected_total` counts it; it is retried on the
+periodic check (`serve.version_check_seconds`).
 
 Knowledge that is missing, stale, malformed or unreadable (store down) -> `user_has_knowledge = 0`
 (the model's learned fallback), counted by reason. A store whose knowledge family or dimension
@@ -44,11 +52,18 @@ class KnowledgeMismatchError(ValueError):
 
 @dataclass
 class KnowledgeState:
+    """What requests score with, all of ONE store version. Built completely, then published by
+    replacing `Ranker._state` (one reference) and never modified afterwards, so a request holding
+    it reads user vectors of `info` and scenario vectors of the same version."""
+
     version: str | None = None  # store version the scenario vectors came from
     agrees: bool = False  # family + dimension match the model
     reason: str = "no version"  # why knowledge is not usable (when agrees is False)
     family: str | None = None
     dimension: int | None = None
+    info: Any = None  # the StoreVersion requests read user vectors of (None: nothing adopted)
+    scenario_vectors: np.ndarray | None = None  # [n_scenarios, K], read-only; None when not usable
+    fallback: str | None = "no_version"  # per-request fallback reason while not usable
 
 
 @dataclass
@@ -91,14 +106,16 @@ class Ranker:
         self.assembler = self.artifact.assembler
         self.scenario_vocab = self.assembler.scenario_vocab
         n_scen = max(self.scenario_vocab.values(), default=0) + 1
-        self._scenario_vectors = np.zeros((n_scen, self.dimension), dtype=np.float32)
-        self._state = KnowledgeState()
-        self._lock = threading.Lock()
+        self._no_scenarios = np.zeros((n_scen, self.dimension), dtype=np.float32)  # unusable states
+        self._no_scenarios.flags.writeable = False
+        self._state = KnowledgeState()  # replaced as a whole, never modified (see KnowledgeState)
+        self._rejected: tuple[str, str] | None = None  # (version, why) not adopted; periodic retry only
+        self._lock = threading.Lock()  # one reload at a time
         self._last_check = -1e18
         if self.needs_knowledge:
             self._sync(startup=True)
         else:
-            self._state = KnowledgeState(agrees=True, reason="model uses no knowledge")
+            self._state = KnowledgeState(agrees=True, reason="model uses no knowledge", fallback=None)
         self.metrics.knowledge_ok.set(1 if self._state.agrees else 0)
         self._warmup()
 
@@ -128,8 +145,10 @@ class Ranker:
             st.agrees, st.reason = True, ""
         return st
 
-    def _sync(self, startup: bool = False) -> None:
-        """Re-read the store's current version; on change check it and reload scenario vectors."""
+    def _sync(self, startup: bool = False) -> tuple[Any, str | None]:
+        """Re-read the pointer (uncached); when it names another version, build that version's
+        whole state, then publish it with one swap. Returns (the store's current version, the
+        error text when the store was unreachable)."""
         try:
             info = self.store.current()
         except Exception as exc:  # noqa: BLE001 - an unreachable store means fallback, not a crash
@@ -138,79 +157,128 @@ class Ranker:
                 log.warning(
                     "online store unreachable at start (%s); serving fallback knowledge until it is back", exc
                 )
-                self._state = KnowledgeState(reason=f"online store unreachable: {exc}")
-            return
-        st = self._check(info)
-        if not st.agrees and info is not None:
+                self._state = KnowledgeState(reason=f"unreachable: {exc}", fallback="store_error")
+            return None, str(exc)
+        cur = self._state
+        if info is not None and cur.info is not None and info.version == cur.info.version:
+            self._rejected = None  # e.g. rolled back from a rejected version to the one served
+            return info, None  # the version being served (ids name immutable snapshots)
+        new = self._check(info)
+        if info is not None and not new.agrees:
+            new.info, new.fallback = info, "mismatch"
             if self.cfg.on_knowledge_mismatch == "refuse":
                 if startup:
                     raise KnowledgeMismatchError(
-                        st.reason + " (refusing to serve; set "
+                        new.reason + " (refusing to serve; set "
                         "serve.on_knowledge_mismatch=fallback to serve without knowledge)"
                     )
-                log.error("%s; refusing scoring requests", st.reason)
+                log.error("%s; refusing scoring requests", new.reason)
             else:
-                log.warning("%s; serving fallback knowledge only", st.reason)
-        if st.agrees and st.version != self._state.version:
-            ids = list(self.scenario_vocab)
-            res = self.store.read("scenario", ids)
-            if res.n_errors:
-                self.metrics.store_errors.inc()
-                return  # keep the previous vectors; try again on the next change check
-            vecs = np.zeros_like(self._scenario_vectors)
-            for i, sid in enumerate(ids):
-                if res.found[i]:
-                    vecs[self.scenario_vocab[sid]] = res.vectors[i]
-            missing = [s for i, s in enumerate(ids) if not res.found[i]]
-            if missing:
-                log.warning(
-                    "online store version %s has no knowledge for scenario(s) %s (zeros used)",
-                    st.version,
-                    missing,
-                )
-            self._scenario_vectors = vecs
-            if self._state.version is not None:
-                self.metrics.version_changes.inc()
-            log.info("knowledge version %s loaded (%d scenarios)", st.version, len(ids) - len(missing))
-        self._state = st
-        self.metrics.knowledge_ok.set(1 if st.agrees else 0)
+                log.warning("%s; serving fallback knowledge only", new.reason)
+        elif info is not None and (problem := self._load(new, info)) is not None:
+            self._reject(info, problem)
+            return info, None
+        if new.agrees and cur.version is not None and new.version != cur.version:
+            self.metrics.version_changes.inc()
+        self._state, self._rejected = new, None  # the one publication
+        self.metrics.knowledge_ok.set(1 if new.agrees else 0)
+        if new.agrees:
+            log.info("knowledge version %s loaded (%d scenarios)", new.version, len(self.scenario_vocab))
+        return info, None
 
-    def _maybe_sync(self, seen_version: str | None) -> None:
-        now = time.monotonic()
-        changed = seen_version is not None and seen_version != self._state.version
-        if not changed and now - self._last_check < self.cfg.version_check_seconds:
-            return
-        with self._lock:
-            if changed or now - self._last_check >= self.cfg.version_check_seconds:
-                self._last_check = now
-                self._sync()
+    def _load(self, st: KnowledgeState, info: Any) -> str | None:
+        """Read every scenario vector of version `info` into `st` (by explicit version, not through
+        the pointer cache, which may still name the previous version); the problem if it cannot."""
+        ids = list(self.scenario_vocab)
+        res = self.store.read("scenario", ids, version=info)
+        if res.n_errors:
+            self.metrics.store_errors.inc()
+            return "the store failed while its scenario vectors were read"
+        bad = [s for s, ok in zip(ids, res.found.tolist(), strict=True) if not ok]
+        if bad:
+            return (
+                f"no readable vector for scenario(s) {bad} (missing {res.n_missing}, stale {res.n_stale}, "
+                f"malformed {res.n_malformed}; expected dimension {self.dimension})"
+            )
+        vecs = self._no_scenarios.copy()
+        vecs[[self.scenario_vocab[s] for s in ids]] = res.vectors
+        vecs.flags.writeable = False
+        st.info, st.scenario_vectors, st.fallback = info, vecs, None
+        return None
+
+    def _reject(self, info: Any, problem: str) -> None:
+        """Keep serving the current state instead of a version that cannot be read completely."""
+        self.metrics.versions_rejected.inc()
+        self._rejected = (info.version, problem)
+        cur = self._state
+        log.warning(
+            "online store version %s not adopted: %s; %s (retried every %.1fs)",
+            info.version,
+            problem,
+            f"still serving version {cur.version}" if cur.info is not None else "serving fallback knowledge",
+            self.cfg.version_check_seconds,
+        )
+        if cur.info is None:  # nothing adopted yet: readiness says why
+            self._state = KnowledgeState(reason=f"online store version {info.version} not adopted: {problem}")
+
+    def _pin(self) -> tuple[KnowledgeState, bool]:
+        """(the state this request scores with, whether the store's pointer could not be read).
+        Notices a switch through the pointer cache; reloads when it names another version than the
+        one served (unless that one was just rejected) or when the periodic check is due."""
+        try:
+            seen = self.store.current_cached()
+            seen_v, pointer_error = (seen.version if seen is not None else None), False
+        except Exception:  # noqa: BLE001 - the request falls back, counted
+            self.metrics.store_errors.inc()
+            seen_v, pointer_error = self._state.version, True
+        if self._due(seen_v):
+            with self._lock:
+                if self._due(seen_v):  # another request may have reloaded meanwhile
+                    self._last_check = time.monotonic()
+                    self._sync()
+        return self._state, pointer_error
+
+    def _due(self, seen_v: str | None) -> bool:
+        rejected = self._rejected[0] if self._rejected else None
+        if seen_v not in (self._state.version, rejected):
+            return True
+        return time.monotonic() - self._last_check >= self.cfg.version_check_seconds
 
     def user_knowledge(self, user_id: str) -> tuple[np.ndarray, float, str | None, str | None]:
         """(vector [K], has_knowledge, fallback reason or None, store version) with one store read."""
-        res = self.store.read("user", [user_id])
-        if res.n_errors:
-            self.metrics.store_errors.inc()
-        self._maybe_sync(res.version)
-        st = self._state
+        st, pointer_error = self._pin()
+        return self._user_knowledge(user_id, st, pointer_error)
+
+    def _user_knowledge(
+        self, user_id: str, st: KnowledgeState, pointer_error: bool
+    ) -> tuple[np.ndarray, float, str | None, str | None]:
+        """The user's vector of the pinned version `st` (read by explicit version)."""
         if not st.agrees:
-            if st.version is not None and self.cfg.on_knowledge_mismatch == "refuse":
+            if st.fallback == "mismatch" and self.cfg.on_knowledge_mismatch == "refuse":
                 raise KnowledgeMismatchError(st.reason)
-            reason = (
-                "mismatch" if st.version is not None else ("store_error" if res.n_errors else "no_version")
-            )
-        elif res.n_errors:
-            reason = "store_error"
-        elif res.version != st.version or res.vectors.shape[1] != self.dimension:
-            reason = "version_changing"
-        elif bool(res.found[0]):
-            return res.vectors[0].astype(np.float32, copy=False), 1.0, None, st.version
-        elif res.n_stale:
-            reason = "stale"
-        elif res.n_malformed:
-            reason = "malformed"
+            reason = "store_error" if pointer_error else st.fallback
+        elif pointer_error:
+            reason = "store_error"  # the store is down: do not wait for a second timeout
         else:
-            reason = "missing"
+            res = self.store.read("user", [user_id], version=st.info)
+            if res.n_errors:
+                self.metrics.store_errors.inc()
+                reason = "store_error"
+            elif bool(res.found[0]):
+                return res.vectors[0].astype(np.float32, copy=False), 1.0, None, st.version
+            elif res.n_stale:
+                reason = "stale"
+            elif res.n_malformed:
+                reason = "malformed"
+            else:
+                reason = "missing"
         return np.zeros(self.dimension, np.float32), 0.0, reason, st.version
+
+    @property
+    def scenario_vectors(self) -> np.ndarray:
+        """[n_scenarios, K] scenario vectors of the version being served (zeros when none is)."""
+        sv = self._state.scenario_vectors
+        return self._no_scenarios if sv is None else sv
 
     # ------------------------------------------------------------------ scoring
     @property
@@ -244,14 +312,16 @@ class Ranker:
         }
         fallback, version = None, None
         if self.needs_knowledge:
-            vec, has, fallback, version = self.user_knowledge(user_id)
+            st, pointer_error = self._pin()  # ONE version for the user and the scenario vectors
+            vec, has, fallback, version = self._user_knowledge(user_id, st, pointer_error)
             if fallback:
                 self.metrics.fallbacks.labels(reason=fallback).inc()
+            scen = self._no_scenarios if st.scenario_vectors is None else st.scenario_vectors
             extra = {
                 "user_knowledge": np.broadcast_to(vec, (n, self.dimension)),
                 "user_has_knowledge": np.full(n, has, dtype=np.float32),
                 "scenario_knowledge": np.broadcast_to(
-                    self._scenario_vectors[self.scenario_vocab[scenario_id]], (n, self.dimension)
+                    scen[self.scenario_vocab[scenario_id]], (n, self.dimension)
                 ),
             }
         else:
@@ -299,20 +369,20 @@ class Ranker:
         }
         if not self.needs_knowledge:
             return True, details | {"knowledge": "not used by this model"}
-        try:
-            info = self.store.current()
-        except Exception as exc:  # noqa: BLE001
-            return False, details | {"store": f"unreachable: {exc}"}
         with self._lock:
             self._last_check = time.monotonic()
-            self._sync()
-        st = self._state
+            info, error = self._sync()
+        if error is not None:
+            return False, details | {"store": f"unreachable: {error}"}
+        st, rejected = self._state, self._rejected
         details |= {
             "store": "reachable",
             "store_version": info.version if info else None,
             "knowledge_version": st.version,
             "knowledge_agrees": st.agrees,
         }
+        if rejected is not None and st.agrees:  # still serving the last good version: ready
+            details["problem"] = f"store version {rejected[0]} not adopted: {rejected[1]}"
         if not st.agrees:
             details["problem"] = st.reason
             if info is not None and self.cfg.on_knowledge_mismatch == "fallback":
