@@ -8,19 +8,25 @@ overhead as a ratio) to docs/benchmarks/ranker-<datasets>.md, with the command t
 
     llm4msr bench ranker --quick          # ML-100K, 2 backbones, 1 seed, 2 epochs (minutes)
     llm4msr bench ranker                  # ML-100K + Amazon Food-Kitchen, 6 backbones, 3 seeds
+    llm4msr bench ranker --quick --set data.split.strategy=random   # data overrides are honoured
+
+`--set data.*` settings (split, seed, adapter options) build their own dataset, snapshot and runs
+(under WORK/NAME+data-<hash>, report ranker-<datasets>+data-<hash>.md); the report states the
+split each dataset actually has, read from its manifest. data.dataset/path/out are refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import sys
 import time
 from pathlib import Path
 
-from llm4msr.atomic import write_text_atomic
-from llm4msr.config import REPO_ROOT, DataConfig, KnowledgeConfig, Settings, load_config
+from llm4msr.atomic import sha256_text, write_text_atomic
+from llm4msr.config import REPO_ROOT, ConfigError, DataConfig, KnowledgeConfig, Settings, load_config
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra config override for training, e.g. train.lr=0.002 (repeatable)",
+        help="extra config override, e.g. train.lr=0.002 or data.split.strategy=random (repeatable); data.* "
+        "settings build their own dataset, knowledge and runs under WORK/NAME+data-<hash>",
     )
     p.add_argument("--work", default="artifacts/bench/ranker", help="where datasets, snapshots and runs go")
     p.add_argument(
@@ -61,17 +68,97 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def prepare(name: str, work: Path, backend: str) -> tuple[Path, Path, float]:
-    """Canonical dataset + current knowledge snapshot for one dataset (reused when present)."""
+# Chosen per benchmark dataset (DATASETS), so an override of them would not describe the data.
+FIXED_DATA_KEYS = ("data", "data.dataset", "data.path", "data.out")
+
+
+def data_overrides(overrides: list[str]) -> list[str]:
+    """The `data.*` entries of --set; the fixed keys are refused (choose data with --datasets)."""
+    out = []
+    for o in overrides:
+        key = o.split("=", 1)[0].strip()
+        if key in FIXED_DATA_KEYS:
+            raise ConfigError(
+                f"bench ranker: --set {o}: {key} is fixed per benchmark dataset ({DATASETS}); "
+                "choose datasets with --datasets, or build the data yourself and run `llm4msr train`"
+            )
+        if key.startswith("data."):
+            out.append(o)
+    return out
+
+
+def data_config(name: str, overrides: list[str]) -> DataConfig:
+    """The data section one benchmark dataset is built with: its source + every data.* override."""
+    src = DATASETS[name]
+    sets = [f"data.dataset={src['dataset']}", f"data.path={src['path']}", *data_overrides(overrides)]
+    return load_config(overrides=sets).data
+
+
+def data_tag(overrides: list[str]) -> str:
+    """Suffix of data folders and reports: none for the adapter settings as shipped, else
+    +data-<hash of the data overrides>."""
+    extra = sorted(data_overrides(overrides))
+    return f"+data-{sha256_text(repr(extra))[:8]}" if extra else ""
+
+
+def dataset_root(name: str, work: Path, overrides: list[str]) -> Path:
+    """WORK/NAME (+data-<hash> with data overrides): a benchmark never reuses data, knowledge or
+    runs built from other data settings."""
+    return work / f"{name}{data_tag(overrides)}"
+
+
+def prepare_data(cfg: DataConfig, data_dir: Path) -> Path:
+    """Build the dataset, or reuse the one at `data_dir` if its manifest says it was built from
+    `cfg` (a folder built from other settings is an error, never silently reused)."""
     from feature_store.build import build_and_write
+
+    manifest = data_dir / "manifest.json"
+    if not manifest.is_file():
+        return build_and_write(cfg, data_dir)
+    source = json.loads(manifest.read_text()).get("source") or {}
+    want = cfg.model_dump(mode="json", exclude={"out"})
+    recorded = source.get("config")
+    if recorded is None:  # built before manifests recorded their config: compare what they did record
+        recorded = {k: source.get(k) for k in ("dataset", "seed", "split")}
+        want = {k: want[k] for k in recorded}
+    if recorded != want:
+        diff = sorted(k for k in want if recorded.get(k) != want[k])
+        raise ConfigError(
+            f"{manifest}: the dataset there was built with other data settings ({diff}: "
+            f"{ {k: recorded.get(k) for k in diff} }, wanted { {k: want[k] for k in diff} }); "
+            f"remove {data_dir.parent} or use another --work"
+        )
+    return data_dir
+
+
+def split_used(data_dir: Path) -> str:
+    """The split a built dataset actually has, from its own manifest (what the report states)."""
+    source = json.loads((data_dir / "manifest.json").read_text()).get("source") or {}
+    split = dict(source.get("split") or {})
+    used = source.get("split_strategy_used") or split.get("strategy")
+    if used == "leave_last_n":
+        detail = f"n_valid={split.get('n_valid')}, n_test={split.get('n_test')}"
+    else:
+        detail = f"valid_ratio={split.get('valid_ratio')}, test_ratio={split.get('test_ratio')}"
+    if used != "random":
+        detail += f", per_scenario={split.get('per_scenario')}"
+    if used != split.get("strategy"):
+        detail += f"; {split.get('strategy')} was asked for, the source has no timestamps"
+    return f"split {used} ({detail}), seed {source.get('seed')}"
+
+
+def prepare(cfg: DataConfig, root: Path, backend: str) -> tuple[Path, Path, float]:
+    """Canonical dataset + a current knowledge snapshot built from it (each reused when present;
+    a snapshot of another dataset id is rebuilt incrementally, since training would refuse it)."""
+    from feature_store.dataset import read_version
+    from feature_store.knowledge_snapshot import read_manifest
     from feature_store.offline_store import OfflineStore
     from knowledge_service.runner import build_knowledge
 
-    data_dir, kn_root = work / name / "data", work / name / "knowledge"
-    if not (data_dir / "manifest.json").is_file():
-        build_and_write(DataConfig.model_validate(DATASETS[name]), data_dir)
+    data_dir, kn_root = prepare_data(cfg, root / "data"), root / "knowledge"
     t0 = time.perf_counter()
-    if OfflineStore(kn_root).current_id() is None:
+    current = OfflineStore(kn_root).current_path()
+    if current is None or read_manifest(current).get("dataset_version") != read_version(data_dir):
         build_knowledge(data_dir, kn_root, KnowledgeConfig(backend=backend, snapshot_root=str(kn_root)))
     return data_dir, kn_root, time.perf_counter() - t0
 
@@ -100,23 +187,32 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown dataset(s) {unknown}; expected {sorted(DATASETS)}", file=sys.stderr)
         return 2
+    try:
+        data_cfgs = {name: data_config(name, args.overrides) for name in datasets}
+    except ConfigError as exc:
+        print(f"llm4msr bench ranker: error: {exc}", file=sys.stderr)
+        return 2
     from ranker.report import find_runs, markdown, plot
     from ranker.train import train
 
     work = Path(args.work)
     notes = []
     t_start = time.perf_counter()
+    roots = {name: dataset_root(name, work, args.overrides) for name in datasets}
     for name in datasets:
-        data_dir, kn_root, kn_seconds = prepare(name, work, args.knowledge_backend)
+        data_dir, kn_root, kn_seconds = prepare(data_cfgs[name], roots[name], args.knowledge_backend)
         notes.append(
-            f"- {name}: knowledge snapshot built in {kn_seconds:.0f} s ({args.knowledge_backend})"
-            if kn_seconds > 1
-            else f"- {name}: knowledge snapshot reused from {kn_root}"
+            f"- {name}: {split_used(data_dir)} (from {data_dir}/manifest.json); "
+            + (
+                f"knowledge snapshot built in {kn_seconds:.0f} s ({args.knowledge_backend})"
+                if kn_seconds > 1
+                else f"knowledge snapshot reused from {kn_root}"
+            )
         )
         for backbone in backbones:
             for use_llm in (False, True):
                 for seed in seeds:
-                    run_dir = work / name / "runs" / f"{backbone}-{'llm' if use_llm else 'plain'}-seed{seed}"
+                    run_dir = roots[name] / "runs" / f"{backbone}-{'llm' if use_llm else 'plain'}-seed{seed}"
                     settings = load_config(
                         overrides=[
                             f"train.backbone={backbone}",
@@ -132,18 +228,21 @@ def main(argv: list[str] | None = None) -> int:
     runs = [
         r
         for name in datasets
-        for r in find_runs([work / name / "runs"])
+        for r in find_runs([roots[name] / "runs"])
         if r.info["backbone"] in backbones and r.info["seed"] in seeds
     ]
     from ranker.report import summarize
 
     summary = summarize(runs)
     quick = "-quick" if args.quick else ""  # a quick run never replaces a full report
-    out = Path(args.out or REPO_ROOT / "docs" / "benchmarks" / f"ranker-{'+'.join(datasets)}{quick}.md")
+    tag = data_tag(args.overrides)  # other data settings get their own report
+    out = Path(args.out or REPO_ROOT / "docs" / "benchmarks" / f"ranker-{'+'.join(datasets)}{tag}{quick}.md")
     png = out.with_suffix(".png")
     from llm4msr.atomic import write_bytes_atomic
 
     write_bytes_atomic(png, plot(summary))
+    data_sets = data_overrides(args.overrides)
+    train_sets = [o for o in args.overrides if o not in data_sets]
     command = "llm4msr bench ranker " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
@@ -151,8 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         markdown(summary, "Ranker benchmark: backbones plain vs +LLM4MSR")
         + f"\n![per-scenario AUC]({png.name})\n\n## How this was produced\n\n```\n{command}\n```\n\n"
         + f"Training config: defaults of llm4msr/config.py with train.epochs={epochs}"
-        + (f" and {' '.join(args.overrides)}" if args.overrides else "")
-        + ". "
+        + (f" and {' '.join(train_sets)}" if train_sets else "")
+        + ". Data: each dataset's adapter settings"
+        + (f" with {' '.join(data_sets)}" if data_sets else "")
+        + "; the split each one actually has is listed below, read from its manifest. "
         + f"Total wall time {time.perf_counter() - t_start:.0f} s on a 2-core machine shared with other "
         "jobs: timings are noisy; the overhead ratio compares runs measured in the same session.\n\n"
         + "\n".join(notes)
