@@ -46,6 +46,7 @@ class MaterializeReport:
     previous: str | None = None
     already_current: bool = False
     resumed: bool = False
+    restarts: int = 0  # times the version was rewritten because the store lost it mid-write
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,6 +153,7 @@ def materialize(
         )
         report.keys_written, report.keys_skipped = stats.keys_written, stats.keys_skipped
         report.resumed = stats.keys_skipped > 0 and not stats.already_complete
+        report.restarts = stats.restarts
         report.write_seconds = stats.seconds
         report.keys_per_second = stats.keys_written / stats.seconds if stats.seconds > 0 else 0.0
         report.verified = st.verify_version(version, entities, cfg.verify_sample, seed=seed)

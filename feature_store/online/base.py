@@ -13,10 +13,15 @@ Semantics every backend implements (and `tests/store/test_behaviour.py` checks f
   write resumes where it stopped; re-writing a complete version is a no-op.
 * `set_current` keeps a history; `rollback()` switches back to the previous version as long as
   it still exists (old versions are kept for `old_version_ttl_seconds` after being replaced).
+* A version whose metadata disappears while it is written (Redis restarted without persistence)
+  is detected by the next chunk and rewritten from scratch; versions that are not complete
+  (being written, or data without usable metadata) are listed by `incomplete_versions()` with
+  their size and removed by `gc()` (never the current one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -44,6 +49,15 @@ WRITING = "writing"
 
 class StoreError(RuntimeError):
     """The store cannot do what was asked (backend unreachable, version incomplete or unknown...)."""
+
+
+class VersionLostError(StoreError):
+    """The metadata of the version being written vanished under the writer (a Redis server restarted
+    empty, a key evicted or deleted): what was written since is orphaned, so the write restarts."""
+
+
+# A write whose version is lost more often than this gives up (the server keeps restarting).
+MAX_VERSION_RESTARTS = 2
 
 
 @dataclass(frozen=True)
@@ -130,6 +144,7 @@ class WriteStats:
     chunks_written: int = 0
     seconds: float = 0.0
     already_complete: bool = False
+    restarts: int = 0  # times the version was rewritten from scratch after its metadata was lost
 
 
 @dataclass
@@ -287,6 +302,12 @@ class OnlineStore(ABC):
     @abstractmethod
     def _backend_status(self) -> dict[str, Any]: ...
 
+    @abstractmethod
+    def incomplete_versions(self) -> list[dict[str, Any]]:
+        """Versions held that are not complete: `state` "writing" (resumable) or "no metadata" /
+        "damaged metadata" (orphans: never readable, never resumable), with `version`, `keys`
+        (Redis keys or files), `entities` (values stored) and `bytes` (memory or disk)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook: backends without resources need nothing
         """Release connections / memory maps."""
 
@@ -386,6 +407,21 @@ class OnlineStore(ABC):
             dataset_version=dataset_version,
             dataset_source=dataset_source,
         )
+        return self._write_version(meta, entities, on_chunk, t0)
+
+    def _write_version(
+        self,
+        meta: StoreVersion,
+        entities: dict[str, EntityBatch],
+        on_chunk: Callable[[str, int, int], None] | None,
+        t0: float,
+    ) -> WriteStats:
+        version, dimension, counts, knowledge_family = (
+            meta.version,
+            meta.dimension,
+            meta.counts,
+            meta.knowledge_family,
+        )
         stats = WriteStats(version)
         existing = self.version_info(version)
         if existing is not None:
@@ -407,16 +443,51 @@ class OnlineStore(ABC):
                 self.drop_version(version)
             else:
                 meta = StoreVersion(**{**meta.to_dict(), "created_at": existing.created_at})
-        done = self._begin_version(meta)
-        layout = meta.layout
         total = sum(counts.values())
-        with progress(total, f"write {version}", "keys", logger=log, leave=False) as bar:
+        while True:
+            done = self._begin_version(meta)
             try:
-                self._write_all(version, entities, done, layout, stats, bar, on_chunk)
-            finally:
-                self._end_writes(version)  # record the progress made, even when interrupted
+                with progress(total, f"write {version}", "keys", logger=log, leave=False) as bar:
+                    self._write_and_flush(version, entities, done, meta.layout, stats, bar, on_chunk)
+                break
+            except VersionLostError as exc:
+                if stats.restarts >= MAX_VERSION_RESTARTS:
+                    raise StoreError(
+                        f"online store {self.redacted_url}: the metadata of version {version} was lost "
+                        f"{stats.restarts + 1} times while writing it ({exc}); is the server restarting "
+                        "or evicting keys (use maxmemory-policy noeviction)?"
+                    ) from exc
+                log.warning(
+                    "online store %s: %s; discarding what was written and writing version %s again",
+                    self.redacted_url,
+                    exc,
+                    version,
+                )
+                self.drop_version(version)  # the orphans written since the loss
+                stats = WriteStats(version, restarts=stats.restarts + 1)
+                meta = StoreVersion(**{**meta.to_dict(), "created_at": time.time()})
         stats.seconds = time.perf_counter() - t0
         return stats
+
+    def _write_and_flush(
+        self,
+        version: str,
+        entities: dict[str, EntityBatch],
+        done: dict[str, int],
+        layout: codec.Layout,
+        stats: WriteStats,
+        bar: Any,
+        on_chunk: Callable[[str, int, int], None] | None,
+    ) -> None:
+        """Write every chunk, then make it durable. Interrupted, the progress made is still
+        recorded, and a failure of that flush does not hide the interruption."""
+        try:
+            self._write_all(version, entities, done, layout, stats, bar, on_chunk)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._end_writes(version)
+            raise
+        self._end_writes(version)
 
     def _write_all(
         self,
@@ -515,6 +586,30 @@ class OnlineStore(ABC):
                 return candidate
         raise StoreError(f"online store {self.redacted_url}: no previous version to roll back to")
 
+    # ------------------------------------------------------------------ maintenance
+    def gc(self, *, include_writing: bool = False, dry_run: bool = False) -> list[dict[str, Any]]:
+        """Remove incomplete versions other than the current one: always those without usable
+        metadata (orphans: nothing can read or resume them), and with `include_writing` also
+        partial writes (which a re-run of the same materialization would resume). Returns what
+        was (dry_run: would be) removed, as listed by `incomplete_versions()`."""
+        current = self._read_pointer()
+        removed = []
+        for entry in self.incomplete_versions():
+            if entry["version"] == current or (entry["state"] == WRITING and not include_writing):
+                continue
+            if not dry_run:
+                self.drop_version(entry["version"])
+                log.info(
+                    "online store %s: removed %s version %s (%d keys, %d bytes)",
+                    self.redacted_url,
+                    entry["state"],
+                    entry["version"],
+                    entry["keys"],
+                    entry["bytes"],
+                )
+            removed.append(entry)
+        return removed
+
     # ------------------------------------------------------------------ status
     @property
     def redacted_url(self) -> str:
@@ -530,6 +625,7 @@ class OnlineStore(ABC):
             "age_seconds": round(time.time() - (cur.completed_at or cur.created_at), 1) if cur else None,
             "history": self.history(),
             "versions": [v.to_dict() for v in self.list_versions()],
+            "incomplete": self.incomplete_versions(),
             "counters": self.counters.as_dict(),
             **self._backend_status(),
         }

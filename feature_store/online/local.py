@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from feature_store.online import codec
-from feature_store.online.base import COMPLETE, EntityBatch, OnlineStore, StoreError, StoreVersion
+from feature_store.online.base import COMPLETE, WRITING, EntityBatch, OnlineStore, StoreError, StoreVersion
 from llm4msr.atomic import fsync_dir, remove_tree, write_json_atomic, write_text_atomic
 from llm4msr.config import StoreConfig
 from llm4msr.ids import check_id, is_valid_id
@@ -111,6 +111,26 @@ class HashIndex:
         return pos, present
 
 
+def _read_meta(folder: Path) -> tuple[StoreVersion | None, str]:
+    """(the version metadata in `folder`, or None with what is wrong with it)."""
+    path = folder / "meta.json"
+    try:
+        return StoreVersion.from_dict(json.loads(path.read_text())), ""
+    except FileNotFoundError:
+        return None, f"{path} is missing"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, (
+            f"{path}: unreadable version metadata ({type(exc).__name__}: {exc}); expected a JSON "
+            "object with version, knowledge_family, dimension, dtype, counts, created_at, snapshot_id"
+        )
+
+
+def _disk_usage(folder: Path) -> tuple[int, int]:
+    """(files, bytes) under `folder`."""
+    files = [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
 def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
@@ -156,13 +176,19 @@ class LocalStore(OnlineStore):
         return None if vid is None else check_id(vid, "version", pointer, StoreError)
 
     def version_info(self, version: str) -> StoreVersion | None:
+        """None when absent, or when a version being written has damaged metadata (it is listed by
+        incomplete_versions and rewritten by the next write); damaged metadata of a complete
+        version is an error naming the file."""
         d = self._dir(version)
         if d is None:
             return None
-        try:
-            return StoreVersion.from_dict(json.loads((d / "meta.json").read_text()))
-        except (OSError, ValueError, KeyError) as exc:
-            raise StoreError(f"{d / 'meta.json'}: unreadable version metadata: {exc}") from exc
+        info, problem = _read_meta(d)
+        if info is not None:
+            return info
+        if d.parent.name == "staging":
+            log.warning("local store: %s; version %s is incomplete", problem, version)
+            return None
+        raise StoreError(problem)
 
     def _write_meta(self, version: str, **changes: Any) -> None:
         d = self._dir(version)
@@ -173,15 +199,52 @@ class LocalStore(OnlineStore):
         write_json_atomic(d / "meta.json", meta)
 
     def list_versions(self) -> list[StoreVersion]:
+        """Versions with readable metadata (the others are listed by incomplete_versions)."""
         out = []
         for sub in ("versions", "staging"):
             base = self.root / sub
             if base.is_dir():
                 for p in sorted(base.iterdir()):
-                    if is_valid_id(p.name) and (p / "meta.json").is_file():
-                        info = self.version_info(p.name)
+                    if is_valid_id(p.name) and p.is_dir():
+                        info, _ = _read_meta(p)
                         if info is not None:
                             out.append(info)
+        return out
+
+    def incomplete_versions(self) -> list[dict[str, Any]]:
+        """staging/ folders (partial writes) and version folders without readable metadata."""
+        current = self._read_pointer()
+        out = []
+        for sub in ("staging", "versions"):
+            base = self.root / sub
+            if not base.is_dir():
+                continue
+            for p in sorted(base.iterdir()):
+                if not is_valid_id(p.name) or not p.is_dir() or p.is_symlink():
+                    continue
+                info, _ = _read_meta(p)
+                if info is not None and sub == "versions":
+                    continue
+                state = (
+                    WRITING if info else "damaged metadata" if (p / "meta.json").exists() else "no metadata"
+                )
+                try:
+                    done = json.loads((p / "progress.json").read_text()) if info else {}
+                    entities = sum(int(v) for v in done.values())
+                except (OSError, ValueError, TypeError, AttributeError):
+                    entities = 0
+                files, nbytes = _disk_usage(p)
+                out.append(
+                    {
+                        "version": p.name,
+                        "state": state,
+                        "current": p.name == current,
+                        "keys": files,
+                        "entities": entities,
+                        "bytes": nbytes,
+                        "path": str(p),
+                    }
+                )
         return out
 
     def history(self) -> list[str]:
@@ -272,7 +335,7 @@ class LocalStore(OnlineStore):
     # ------------------------------------------------------------------ writing
     def _begin_version(self, meta: StoreVersion) -> dict[str, int]:
         staging = self._staging(meta.version)
-        if (staging / "meta.json").is_file():
+        if _read_meta(staging)[0] is not None:
             try:
                 progress = json.loads((staging / "progress.json").read_text())
             except (OSError, ValueError):

@@ -17,9 +17,12 @@ keyspace SCAN; no hash grows so big that freeing it on expiry stalls the server 
 Writes: per chunk of `write_chunk` id-sorted entities, one MULTI/EXEC with one HSET (flat
 field/value arguments) per bucket plus the new `progress:<kind>`, so a chunk and its progress land
 together and a resumed materialization skips exactly what is there (HSET overwrites: re-writing a
-chunk is idempotent). Commands are packed by hiredis and one chunk is in flight (the next one is
-encoded while the server executes the previous); unconfirmed chunks are re-sent after a connection
-error, each retried `retries` times with exponential backoff. The pointer and
+chunk is idempotent). Each transaction first asks whether the version's metadata still exists
+(HEXISTS meta counts): a server that restarted empty while the writer retried answers no, and the
+version is discarded and written again from scratch instead of being continued without metadata.
+Commands are packed by hiredis and one chunk is in flight (the next one is encoded while the
+server executes the previous); unconfirmed chunks are re-sent after a connection error, each
+retried `retries` times with exponential backoff. The pointer and
 the history switch in one MULTI/EXEC after the version has been verified; then the previous
 version's keys get EXPIRE old_version_ttl_seconds (meta first, buckets a minute later than meta,
 so a version whose metadata still exists always has its data); a version brought back by
@@ -47,9 +50,17 @@ from urllib.parse import urlparse
 import numpy as np
 
 from feature_store.online import codec, resp_values
-from feature_store.online.base import COMPLETE, EntityBatch, OnlineStore, StoreError, StoreVersion
+from feature_store.online.base import (
+    COMPLETE,
+    WRITING,
+    EntityBatch,
+    OnlineStore,
+    StoreError,
+    StoreVersion,
+    VersionLostError,
+)
 from llm4msr.config import StoreConfig
-from llm4msr.ids import check_id
+from llm4msr.ids import check_id, is_valid_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -135,6 +146,7 @@ class RedisStore(OnlineStore):
         self._pack = _packer()
         self._wconn: Any = None  # write connection held while a version is being written
         self._inflight: list[tuple[str, list[bytes]]] = []  # chunks sent, replies not read yet
+        self._damaged_warned: set[str] = set()
 
     # ------------------------------------------------------------------ helpers
     def _meta_key(self, version: str) -> str:
@@ -189,12 +201,14 @@ class RedisStore(OnlineStore):
         info = self.version_info(version)
         if info is not None:
             return self._data_keys(version, sorted(info.counts), self.buckets(version))
+        return self._scan(f"{self.cfg.namespace}:h:{check_id(version, 'version', self.redacted_url)}:*")
+
+    def _scan(self, pattern: str) -> list[str]:
+        """All keys matching `pattern` (SCAN: O(keyspace), for maintenance, never the read path)."""
         keys: list[str] = []
         cursor = 0
         while True:
-            cursor, batch = self._w.scan(
-                cursor=cursor, match=f"{self.cfg.namespace}:h:{version}:*", count=SCAN_COUNT
-            )
+            cursor, batch = self._w.scan(cursor=cursor, match=pattern, count=SCAN_COUNT)
             keys += [k.decode() for k in batch]
             if cursor == 0:
                 return keys
@@ -207,14 +221,32 @@ class RedisStore(OnlineStore):
         )
 
     def version_info(self, version: str) -> StoreVersion | None:
+        """None when the store has no usable metadata of `version`: absent, or left without its
+        fields by a server that restarted during a write (then it is listed by incomplete_versions)."""
         raw = self._call(f"reading metadata of {version}", lambda: self._r.hgetall(self._meta_key(version)))
-        if not raw:
+        return self._parse_meta(version, raw) if raw else None
+
+    def _parse_meta(self, version: str, raw: dict[bytes, bytes]) -> StoreVersion | None:
+        try:
+            d = {k.decode(): v.decode() for k, v in raw.items()}
+            d["counts"] = json.loads(d["counts"])
+            info = StoreVersion.from_dict(d)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            if version not in self._damaged_warned:
+                self._damaged_warned.add(version)
+                log.warning(
+                    "redis %s: key %s has no usable version metadata (%s: %s; fields %s); the version "
+                    "is incomplete: re-materialize it or remove it with `llm4msr store gc`",
+                    self.redacted_url,
+                    self._meta_key(version),
+                    type(exc).__name__,
+                    exc,
+                    sorted(k.decode(errors="replace") for k in raw)[:8],
+                )
             return None
-        d = {k.decode(): v.decode() for k, v in raw.items()}
-        d["counts"] = json.loads(d["counts"])
         if d.get("buckets"):
             self._buckets[version] = int(d["buckets"])
-        return StoreVersion.from_dict(d)
+        return info
 
     def list_versions(self) -> list[StoreVersion]:
         out = []
@@ -299,11 +331,26 @@ class RedisStore(OnlineStore):
 
         def begin() -> dict[str, int]:
             existing = self._w.hgetall(key)
-            if existing:
+            if existing and self._parse_meta(meta.version, existing) is not None:
                 done = {k.decode()[9:]: int(v) for k, v in existing.items() if k.startswith(b"progress:")}
                 self._buckets[meta.version] = int(existing.get(b"buckets", 1))
                 log.info("redis store: resuming version %s (%s)", meta.version, done)
                 return done
+            # Nothing usable to resume: a fresh start must not inherit the values (or the progress
+            # fields) an earlier write left without metadata.
+            orphans = self._scan(f"{self.cfg.namespace}:h:{meta.version}:*")
+            if orphans or existing:
+                log.warning(
+                    "redis store: version %s had no usable metadata; discarding %d orphaned key(s) and "
+                    "writing it from scratch",
+                    meta.version,
+                    len(orphans) + bool(existing),
+                )
+                pipe = self._w.pipeline(transaction=False)
+                for a in range(0, len(orphans), 500):
+                    pipe.unlink(*orphans[a : a + 500])
+                pipe.delete(key)
+                pipe.execute()
             fields = {
                 k: ("" if v is None else json.dumps(v) if k == "counts" else str(v))
                 for k, v in meta.to_dict().items()
@@ -338,8 +385,9 @@ class RedisStore(OnlineStore):
                 (int(sorted_b[a]), ids_o[a:b], vals_o[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)
             ]
         # Packed here (hiredis, in C) rather than through redis-py's pipeline, whose per-argument
-        # Python checks cost more than the rest of the write path together.
-        packed = [self._pack(("MULTI",))]
+        # Python checks cost more than the rest of the write path together. The first command of
+        # the transaction tells whether the version's metadata still exists (_check_exec).
+        packed = [self._pack(("MULTI",)), self._pack(("HEXISTS", self._meta_key(version), "counts"))]
         for b, fields, values in groups:
             flat: list[Any] = [None] * (2 + 2 * len(fields))
             flat[0], flat[1] = "HSET", prefix + str(b)
@@ -363,7 +411,7 @@ class RedisStore(OnlineStore):
                 self._wconn = self._wpool.get_connection()
             self._wconn.send_packed_command(packed, check_health=False)
             while len(self._inflight) > 1:
-                self._read_chunk_replies(self._inflight[0][1])
+                self._read_chunk_replies(*self._inflight[0])
                 self._inflight.pop(0)
         except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
             self._drop_wconn()
@@ -377,13 +425,20 @@ class RedisStore(OnlineStore):
             self._inflight = []
             raise
 
-    def _read_chunk_replies(self, packed: list[bytes]) -> None:
+    def _read_chunk_replies(self, what: str, packed: list[bytes]) -> None:
         conn = self._wconn
         assert conn is not None
         for _ in range(len(packed) - 1):  # OK, QUEUED...
             conn.read_response()
-        if conn.read_response() is None:  # EXEC
+        self._check_exec(what, conn.read_response())
+
+    def _check_exec(self, what: str, result: Any) -> None:
+        """EXEC's reply to a chunk: aborted, or the metadata was gone when the chunk landed (its
+        HEXISTS said 0: the server lost the version, e.g. restarted without persistence)."""
+        if result is None:
             raise self._redis.RedisError("transaction aborted")
+        if not result or result[0] != 1:
+            raise VersionLostError(f"the server no longer holds the metadata of the version ({what})")
 
     def _drop_wconn(self) -> None:
         if self._wconn is not None:
@@ -400,7 +455,10 @@ class RedisStore(OnlineStore):
             len(pending),
         )
         for what, packed in pending:
-            self._call(what, lambda packed=packed: self._transaction(packed), retries=self.cfg.retries)
+            result = self._call(
+                what, lambda packed=packed: self._transaction(packed), retries=self.cfg.retries
+            )
+            self._check_exec(what, result)
 
     def _flush_writes(self) -> None:
         """Confirm the chunk still in flight and give the write connection back."""
@@ -409,7 +467,7 @@ class RedisStore(OnlineStore):
             return
         try:
             while self._inflight:
-                self._read_chunk_replies(self._inflight[0][1])
+                self._read_chunk_replies(*self._inflight[0])
                 self._inflight.pop(0)
         except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
             self._drop_wconn()
@@ -477,7 +535,7 @@ class RedisStore(OnlineStore):
             self._wpool.release(conn)
         if result is None:
             raise self._redis.RedisError(f"transaction aborted (replies {replies[:3]}...)")
-        return list(result)
+        return result
 
     def _end_writes(self, version: str) -> None:
         self._flush_writes()
@@ -557,6 +615,47 @@ class RedisStore(OnlineStore):
                 log.warning(
                     "redis store: pointer switched to %s but expiring %s failed: %s", version, previous, exc
                 )
+
+    # ------------------------------------------------------------------ incomplete versions
+    def incomplete_versions(self) -> list[dict[str, Any]]:
+        """Versions without complete metadata found by SCANning the namespace's data and metadata
+        keys (NS:versions is no guide: a server that restarted lost it too), with their size."""
+        ns = self.cfg.namespace
+
+        def collect() -> list[dict[str, Any]]:
+            data: dict[str, list[str]] = {}
+            for key in self._scan(f"{ns}:h:*"):
+                version = key[len(ns) + 3 :].rsplit(":", 2)[0]
+                if is_valid_id(version):
+                    data.setdefault(version, []).append(key)
+            metas = {k[len(ns) + 6 :] for k in self._scan(f"{ns}:meta:*")}
+            current = self._read_pointer()
+            out = []
+            for version in sorted(set(data) | {m for m in metas if is_valid_id(m)}):
+                raw = self._w.hgetall(self._meta_key(version)) if version in metas else {}
+                info = self._parse_meta(version, raw) if raw else None
+                if info is not None and info.status == COMPLETE:
+                    continue
+                keys = data.get(version, []) + ([self._meta_key(version)] if raw else [])
+                pipe = self._w.pipeline(transaction=False)
+                for k in keys:
+                    pipe.memory_usage(k)
+                for k in data.get(version, []):
+                    pipe.hlen(k)
+                sizes = pipe.execute(raise_on_error=False)
+                out.append(
+                    {
+                        "version": version,
+                        "state": WRITING if info else "damaged metadata" if raw else "no metadata",
+                        "current": version == current,
+                        "keys": len(keys),
+                        "entities": sum(n for n in sizes[len(keys) :] if isinstance(n, int)),
+                        "bytes": sum(n for n in sizes[: len(keys)] if isinstance(n, int)),
+                    }
+                )
+            return out
+
+        return self._call("listing incomplete versions", collect)
 
     # ------------------------------------------------------------------ status
     def _backend_status(self) -> dict[str, Any]:

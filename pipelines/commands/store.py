@@ -3,6 +3,7 @@
 llm4msr store materialize --snapshot DIR [--store URL]   snapshot (or offline root) -> online store
 llm4msr store status [--store URL]                       current version, counts, age, memory
 llm4msr store rollback [--store URL]                     previous online version becomes current
+llm4msr store gc [--store URL] [--writing] [--dry-run]   remove incomplete (orphaned) versions
 llm4msr store snapshots [--root ROOT] [--rollback]       offline snapshot versions
 """
 
@@ -77,6 +78,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(r)
     r.set_defaults(handler=_rollback)
 
+    g = ssub.add_parser(
+        "gc",
+        help="remove incomplete versions (orphaned values without metadata, partial writes)",
+        description="Remove the online store's incomplete versions other than the current one: values "
+        "whose version metadata is missing or damaged (left by a Redis server that restarted without "
+        "persistence during a write; nothing can read or resume them) and, with --writing, partial "
+        "writes that a re-run of the same materialization would resume. `store status` lists them "
+        "with their size.",
+    )
+    g.add_argument("--store", metavar="URL", help=STORE_HELP)
+    g.add_argument("--writing", action="store_true", help="also remove partial writes (status writing)")
+    g.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    g.add_argument("--json", action="store_true", help="print what was removed as JSON")
+    add_config_args(g)
+    g.set_defaults(handler=_gc)
+
     o = ssub.add_parser(
         "snapshots",
         help="list offline snapshot versions; roll back or prune them",
@@ -125,6 +142,11 @@ def _materialize(args: argparse.Namespace) -> int:
             f"{report.write_seconds:.1f}s ({report.keys_per_second:,.0f} keys/s), "
             f"{report.verified.get('checksums_verified', 0)} checksums verified; now current "
             f"(previous: {report.previous or 'none'})"
+            + (
+                f"; rewritten {report.restarts} time(s) from scratch after the store lost the version"
+                if report.restarts
+                else ""
+            )
         )
     return 0
 
@@ -161,7 +183,41 @@ def _status(args: argparse.Namespace) -> int:
         print(
             f"  {mark} {v['version']:<28} {v['status']:<9} counts {v['counts']}  retired {_fmt_time(v['retired_at'])}"
         )
+    for v in st["incomplete"]:
+        print(f"  ! {_describe_incomplete(v)}")
+    if any(not v["current"] for v in st["incomplete"]):
+        print("          (`llm4msr store gc` removes those without metadata; --writing also partial writes)")
     print(f"memory:   {json.dumps(st['memory'], default=str)}")
+    return 0
+
+
+def _describe_incomplete(v: dict[str, Any]) -> str:
+    return (
+        f"{v['version']:<28} {v['state']:<16} {v['entities']} values in {v['keys']} "
+        f"{'file(s)' if 'path' in v else 'key(s)'}, {v['bytes'] / 1e6:.2f} MB"
+        + ("  (the current version!)" if v["current"] else "")
+    )
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from feature_store.online import StoreError, open_store
+
+    cfg = _settings(args).store
+    try:
+        with open_store(args.store or cfg.url, cfg) as store:
+            removed = store.gc(include_writing=args.writing, dry_run=args.dry_run)
+            url = store.redacted_url
+    except StoreError as exc:
+        return _fail(args, exc)
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "removed": removed}, indent=2))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    print(
+        f"{url}: {verb} {len(removed)} incomplete version(s), {sum(v['bytes'] for v in removed) / 1e6:.2f} MB"
+    )
+    for v in removed:
+        print(f"  {_describe_incomplete(v)}")
     return 0
 
 
