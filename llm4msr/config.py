@@ -56,6 +56,16 @@ class SyntheticConfig(Section):
     # Zipf exponents: item popularity and user activity skew.
     item_zipf: float = Field(1.1, gt=0.0)
     user_zipf: float = Field(0.9, gt=0.0)
+    # Share of users who enter a new scenario at the end: their last `new_scenario_tail`
+    # interactions are in a scenario none of their earlier ones is in (cold start there, whose
+    # taste only their history in the other scenarios reveals). 0 leaves the data unchanged.
+    new_scenario_share: float = Field(0.0, ge=0.0, le=1.0)
+    # Where those users' earlier rows are: "mixed" keeps their own mix of the other scenarios;
+    # "one" puts them all in one other scenario, so no user's training rows link two scenarios and
+    # only item text (shared interest words) can carry a taste from one scenario to another.
+    new_scenario_history: Literal["mixed", "one"] = "mixed"
+    min_per_user: int = Field(3, ge=1)  # interaction floor per user (if n_interactions allows)
+    new_scenario_tail: int = Field(2, ge=1)
 
 
 class MovieLensConfig(Section):
@@ -143,6 +153,12 @@ class MetaConfig(Section):
     n_meta_layers: int = Field(1, ge=1, le=4)
     knowledge_proj_dim: int = Field(64, ge=4)
     merge: Literal["sum", "gate"] = "sum"
+    # Training only: share of rows whose user knowledge is replaced by the learned fallback, so the
+    # model cannot lean on knowledge alone and the fallback (cold users) is trained too.
+    knowledge_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # L2 weight decay on the meta networks' parameters only (generators, projections, fallback);
+    # train.weight_decay applies to the rest.
+    weight_decay: float = Field(0.0, ge=0.0)
 
 
 class TrainConfig(Section):
@@ -167,7 +183,9 @@ class TrainConfig(Section):
     # rows that are valid/test here) is refused. True trains anyway, for experiments only; run.json
     # and the exported manifest then record it (knowledge.foreign = true).
     allow_foreign_knowledge: bool = False
-    threads: int = Field(2, ge=1)  # torch intra-op threads
+    # torch intra-op threads. 1 by default: these models are small, a second thread gains little on an
+    # idle machine and under CPU contention made epochs 10-50x slower (docs/ranker.md, Threads).
+    threads: int = Field(1, ge=1)
     eval_batch_size: int = Field(8192, ge=1)
 
 
@@ -195,6 +213,9 @@ class ServeConfig(Section):
     host: str = "127.0.0.1"  # loopback unless configured otherwise
     port: int = Field(8080, ge=0, le=65535)
     max_candidates: int = Field(2000, ge=1)
+    # Largest /score body read (413 beyond; checked while streaming, after the token). None: 64 KiB
+    # + 512 bytes per allowed candidate (1.1 MB for max_candidates 2000).
+    max_body_bytes: int | None = Field(None, ge=1024)
     intra_op_threads: int = Field(1, ge=0)
     inter_op_threads: int = Field(1, ge=0)
     token_env: str = "LLM4MSR_SERVE_TOKEN"  # bearer token read from this variable, if set

@@ -12,8 +12,11 @@ and scenario knowledge vectors, p = ReLU(W_p z(h) + b_p) ∈ R^P their projectio
 * Scenario level (parallel to the backbone), l = 1..L, z_0 = x:
       z_l = ReLU(A_l z_{l-1} + U_l(p_s) V_l(p_s)ᵀ z_{l-1} + a_l + c_l(p_s))
       logit_s = ⟨w(p_s), z_L⟩ + β(p_s)
-  merged with the backbone logit: sum → logit_b + logit_s; gate → g·logit_b + (1-g)·logit_s,
-  g = σ(⟨γ, p_s⟩ + γ_0).
+  merged with the backbone logit: sum → logit_b + logit_s; gate → logit_b + g·logit_s,
+  g = σ(⟨γ, p_s⟩ + γ_0). w and β are zero-initialised, so logit_s starts at 0.
+* Start as the backbone: with both levels zero-initialised (V or G, c, w, β), an untrained model
+  computes exactly its plain backbone (built first from the same seed, see ranker/model.py);
+  training moves away from it only as far as knowledge lowers the loss.
 * concat mode (ablation): D-dim projections of h_u / h_s appended as two extra embedded fields.
 """
 
@@ -151,6 +154,9 @@ class ScenarioMetaNetwork(nn.Module):
         )
         self.out_w = nn.Linear(proj_dim, hidden)
         self.out_b = nn.Linear(proj_dim, 1)
+        for lin in (self.out_w, self.out_b):  # logit_s = 0 at init: the model starts as its backbone
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
         if merge not in ("sum", "gate"):
             raise ValueError(f"meta.merge {merge!r}: expected 'sum' or 'gate'")
         self.merge = merge
@@ -181,7 +187,7 @@ class ScenarioMetaNetwork(nn.Module):
         if self.gate is None:
             return backbone_logit + logit
         g = per_row(torch.sigmoid(self.gate(p))).squeeze(-1)
-        return g * backbone_logit + (1.0 - g) * logit
+        return backbone_logit + g * logit
 
 
 class KnowledgeConcat(nn.Module):

@@ -28,14 +28,30 @@ class RankerModel(nn.Module):
         self.n_scenarios = spec.n_scenarios
         self.use_llm = cfg.use_llm
         meta = cfg.meta
+        self.knowledge_dropout = meta.knowledge_dropout
         k = spec.knowledge_dim
         if cfg.use_llm and k < 1:
             raise ValueError(
                 "use_llm=True needs knowledge vectors (knowledge dimension is 0); pass a snapshot or --no-llm"
             )
         d_emb = cfg.embedding_dim
+        # Embedding and backbone are built first, from the same seed as the plain model, and every meta
+        # branch starts as the identity (zero-initialised generators and scenario output): an untrained
+        # +LLM4MSR model computes exactly its plain backbone, so knowledge can only add what it learns.
         self.embedding = FeatureEmbedding([f.vocab_size for f in spec.features], d_emb)
         n_fields = spec.n_features
+        concat = cfg.use_llm and meta.mode == "concat" and (meta.user_level or meta.scenario_level)
+        ctx = BackboneContext(
+            n_fields=n_fields + (int(meta.user_level) + int(meta.scenario_level) if concat else 0),
+            emb_dim=d_emb,
+            n_scenarios=spec.n_scenarios,
+            hidden_dims=list(cfg.hidden_dims),
+            dropout=cfg.dropout,
+            scenario_field=spec.scenario_index,
+            user_fields=[spec.index_of("user_id")],
+            item_fields=[spec.index_of("item_id")],
+        )
+        self.backbone = build_backbone(cfg.backbone, ctx)
         self.user_meta: UserMetaNetwork | None = None
         self.scenario_meta: ScenarioMetaNetwork | None = None
         self.concat: KnowledgeConcat | None = None
@@ -56,20 +72,8 @@ class RankerModel(nn.Module):
                     meta.rank,
                     meta.merge,
                 )
-        elif cfg.use_llm and meta.mode == "concat" and (meta.user_level or meta.scenario_level):
+        elif concat:
             self.concat = KnowledgeConcat(k, d_emb, meta.user_level, meta.scenario_level)
-            n_fields += self.concat.n_fields
-        ctx = BackboneContext(
-            n_fields=n_fields,
-            emb_dim=d_emb,
-            n_scenarios=spec.n_scenarios,
-            hidden_dims=list(cfg.hidden_dims),
-            dropout=cfg.dropout,
-            scenario_field=spec.scenario_index,
-            user_fields=[spec.index_of("user_id")],
-            item_fields=[spec.index_of("item_id")],
-        )
-        self.backbone = build_backbone(cfg.backbone, ctx)
 
     @torch.no_grad()
     def set_knowledge_stats(self, user_vectors: torch.Tensor, scenario_vectors: torch.Tensor) -> None:
@@ -95,6 +99,9 @@ class RankerModel(nn.Module):
     ) -> torch.Tensor:
         scenario = sparse_ids[:, self.spec_scenario_index].clamp(0, self.n_scenarios - 1)
         emb = self.embedding(sparse_ids)
+        if self.training and self.knowledge_dropout > 0:
+            keep = torch.rand(user_has_knowledge.shape, device=user_has_knowledge.device)
+            user_has_knowledge = user_has_knowledge * (keep >= self.knowledge_dropout).to(user_has_knowledge)
         if self.user_meta is not None:
             emb = self.user_meta(emb, user_knowledge, user_has_knowledge, sparse_ids[:, self.user_index])
         if self.concat is not None:
@@ -116,6 +123,16 @@ class RankerModel(nn.Module):
 
 def build_model(spec: FeatureSpec, cfg: TrainConfig) -> RankerModel:
     return RankerModel(spec, cfg)
+
+
+def meta_parameters(model: RankerModel) -> list[nn.Parameter]:
+    """Parameters of the knowledge branches (meta networks or concat), which get `meta.weight_decay`."""
+    return [
+        p
+        for m in (model.user_meta, model.scenario_meta, model.concat)
+        if m is not None
+        for p in m.parameters()
+    ]
 
 
 def count_parameters(module: nn.Module | None) -> int:

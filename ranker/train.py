@@ -39,7 +39,7 @@ from llm4msr.provenance import provenance
 from ranker import metrics as M
 from ranker.features import SPEC_FILE, FeatureSpec, build_spec
 from ranker.knowledge import KnowledgeTables, load_knowledge
-from ranker.model import RankerModel, build_model, count_parameters
+from ranker.model import RankerModel, build_model, count_parameters, meta_parameters
 from ranker.model_io import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -200,7 +200,15 @@ def _fit(
     model = build_model(spec, cfg)
     if cfg.use_llm:
         model.set_knowledge_stats(kin.users[1:], kin.scenarios)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    meta_ids = {id(p) for p in meta_parameters(model)}
+    groups = [
+        {
+            "params": [p for p in model.parameters() if id(p) not in meta_ids],
+            "weight_decay": cfg.weight_decay,
+        },
+        {"params": meta_parameters(model), "weight_decay": cfg.meta.weight_decay},
+    ]
+    opt = torch.optim.Adam([g for g in groups if g["params"]], lr=lr)
     steps = max(1, (len(train) + cfg.batch_size - 1) // cfg.batch_size)
     sched = _scheduler(opt, cfg.lr_schedule, cfg.epochs, steps)
     loss_fn = nn.BCEWithLogitsLoss()

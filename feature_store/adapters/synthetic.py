@@ -156,7 +156,6 @@ ADJECTIVES = (
 AGE_GROUPS = ("18-24", "25-34", "35-44", "45-54", "55+")
 GENDERS = ("F", "M")
 
-MIN_PER_USER = 3  # every user has at least this many interactions (if n_interactions allows)
 TARGETED_EXPOSURE = 0.25  # share of exposures drawn from the user's preferred category
 BIAS = -1.4  # base logit: ~20 % CTR on a non-matching item, ~65 % on a matching one (taste 2.0)
 POPULARITY_COEF = 0.3
@@ -278,7 +277,7 @@ def _items(cfg: DataConfig) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, np.nd
 def _user_counts(cfg: DataConfig, rng: np.random.Generator) -> np.ndarray:
     """Interactions per user: a floor for everyone, the rest Zipf-distributed (heavy and light users)."""
     sc = cfg.synthetic
-    floor = min(MIN_PER_USER, sc.n_interactions // sc.n_users)
+    floor = min(sc.min_per_user, sc.n_interactions // sc.n_users)
     ranks = rng.permutation(sc.n_users) + 1
     w = ranks.astype(float) ** -sc.user_zipf
     rest = sc.n_interactions - floor * sc.n_users
@@ -312,6 +311,38 @@ def _zipf_in_groups(
     return order[start[row_group] + np.maximum(r, 0)]
 
 
+def _enter_new_scenario(
+    cfg: DataConfig, user: np.ndarray, counts: np.ndarray, scen: np.ndarray
+) -> np.ndarray:
+    """Move the last `new_scenario_tail` rows of a share of users into a scenario they never used before.
+
+    Rows are in time order per user. For a chosen user a scenario s_new is drawn; earlier rows in
+    s_new go to one of the other scenarios and the tail goes to s_new, so with a leave-last-n split
+    their held-out rows are cold in that scenario (with `new_scenario_history="one"` all earlier rows
+    move to one home scenario instead). Its own random stream: other draws do not shift.
+    """
+    sc = cfg.synthetic
+    n_s = sc.n_scenarios
+    rng = _rng(cfg.seed, 5)
+    chosen = rng.random(sc.n_users) < sc.new_scenario_share
+    s_new = rng.integers(0, n_s, sc.n_users)
+    other = rng.integers(1, n_s, scen.shape[0])  # offset to a different scenario, per row
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pos = np.arange(scen.shape[0]) - starts[user]
+    tail = pos >= counts[user] - sc.new_scenario_tail
+    mine = chosen[user]
+    target = s_new[user]
+    out = scen.copy()
+    if sc.new_scenario_history == "one":  # all earlier rows in one home scenario != s_new
+        home = (s_new + rng.integers(1, n_s, sc.n_users)) % n_s
+        out[mine & ~tail] = home[user][mine & ~tail]
+    else:
+        moved = mine & ~tail & (scen == target)
+        out[moved] = (target[moved] + other[moved]) % n_s
+    out[mine & tail] = target[mine & tail]
+    return out
+
+
 def load(cfg: DataConfig) -> RawData:
     """Generate the synthetic dataset for `cfg.synthetic` and `cfg.seed`."""
     sc = cfg.synthetic
@@ -339,6 +370,8 @@ def load(cfg: DataConfig) -> RawData:
     scen = np.zeros(n, dtype=np.int64)
     for s in range(n_s - 1):  # avoids an n x S temporary
         scen += u > cummix[user, s]
+    if sc.new_scenario_share > 0:
+        scen = _enter_new_scenario(cfg, user, counts, scen)
 
     # Exposure: popularity-skewed within the scenario; a share targeted at the user's interest.
     u_item = rng.random(n)

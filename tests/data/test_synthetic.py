@@ -126,3 +126,28 @@ def test_shared_fixture_is_a_valid_dataset(small_dataset_dir, small_dataset_conf
     assert set(ds.interactions["split"].unique()) == {"train", "valid", "test"}
     assert ds.vocabs is not None and {"user_id", "item_id", "scenario_id", "item_category"} <= set(ds.vocabs)
     assert ds.manifest["source"]["features"]["item_category"] == "item"
+
+
+@pytest.mark.parametrize("history", ["mixed", "one"])
+def test_new_scenario_users_are_cold_where_they_are_held_out(history):
+    """Users entering a new scenario: their last rows are in a scenario none of their earlier rows is
+    in; with history="one" the earlier rows are all in one other scenario."""
+    tail = 3
+    raw = synthetic.load(
+        _cfg(0, min_per_user=6, new_scenario_share=1.0, new_scenario_tail=tail, new_scenario_history=history)
+    )
+    ranked = raw.interactions.sort("user_id", "timestamp").with_columns(
+        pos=pl.int_range(pl.len()).over("user_id"), n=pl.len().over("user_id")
+    )
+    per_user = ranked.group_by("user_id").agg(
+        tail=pl.col("scenario_id").filter(pl.col("pos") >= pl.col("n") - tail).unique(),
+        early=pl.col("scenario_id").filter(pl.col("pos") < pl.col("n") - tail).unique(),
+    )
+    for row in per_user.iter_rows(named=True):
+        assert len(row["tail"]) == 1 and row["tail"][0] not in row["early"], row
+        if history == "one":
+            assert len(row["early"]) == 1, row
+    # share 0 is the unchanged default data
+    assert synthetic.load(_cfg(0, new_scenario_share=0.0)).interactions.equals(
+        synthetic.load(_cfg(0)).interactions
+    )

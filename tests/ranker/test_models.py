@@ -265,3 +265,38 @@ def test_row_groups_lay_rows_out_per_group_and_refuse_a_hint_that_does_not_deter
     key[5] += 1.0  # row 5 shares its hint with others but not its vector
     assert row_groups((key,), hint) is None
     assert row_groups((torch.randn(16, 3),), torch.arange(16)) is None  # all distinct: per row
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize("meta", [{}, {"generated_weights": "full", "merge": "gate", "n_meta_layers": 2}])
+def test_untrained_llm4msr_equals_its_plain_backbone(spec, backbone, meta):
+    """Both meta levels start as the identity and the backbone is built from the same seed first, so
+    before training +LLM4MSR scores exactly what its plain backbone scores, whatever the knowledge."""
+    torch.manual_seed(3)
+    plain = build_model(spec, _cfg(backbone, False)).eval()
+    torch.manual_seed(3)
+    llm = build_model(spec, _cfg(backbone, True, **meta)).eval()
+    inp = example_inputs(spec, 16, seed=5)
+    inp = dict(inp, user_knowledge=torch.randn(16, K) * 3, scenario_knowledge=torch.randn(16, K) * 3)
+    with torch.no_grad():
+        torch.testing.assert_close(llm(**inp), plain(**inp), atol=0, rtol=0)
+    # ... and knowledge changes scores once the meta networks have trained
+    _warm(llm, spec)
+    with torch.no_grad():
+        moved = llm(**inp) - llm(**dict(inp, user_knowledge=inp["user_knowledge"].flip(0)))
+    assert moved.abs().max() > 1e-4
+
+
+def test_knowledge_dropout_trains_the_fallback(spec):
+    """With knowledge dropout, rows in training see the learned fallback, so it receives gradient."""
+    torch.manual_seed(0)
+    model = build_model(spec, _cfg("shared_bottom", True, knowledge_dropout=0.5))
+    _warm(model, spec)  # generators leave their zero init
+    model.zero_grad()
+    model.train()
+    inp = example_inputs(spec, 64, seed=2)
+    inp["user_has_knowledge"] = torch.ones(64)
+    model.logit(**inp).pow(2).mean().backward()
+    assert model.user_meta is not None
+    assert model.user_meta.fallback.fallback.grad is not None
+    assert model.user_meta.fallback.fallback.grad.abs().sum() > 0
