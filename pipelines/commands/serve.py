@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from feature_store.online_store import open_store
     from ranker.serving.artifact import ModelLoadError
-    from ranker.serving.http import create_app, token_from_env
+    from ranker.serving.http import body_limit, create_app, token_from_env
     from ranker.serving.runtime import KnowledgeMismatchError, Ranker
 
     # Everything that can fail is loaded before the socket is bound: no half-started server.
@@ -66,13 +66,14 @@ def run(args: argparse.Namespace) -> int:
     token = token_from_env(cfg.serve.token_env)
     app = create_app(ranker, token=token)
     log.info(
-        "serving %s on http://%s:%d (store %s, knowledge %s, auth %s)",
+        "serving %s on http://%s:%d (store %s, knowledge %s, auth %s, bodies up to %d bytes)",
         args.model,
         cfg.serve.host,
         cfg.serve.port,
         store.redacted_url,
         ranker.readiness()[1].get("knowledge_version"),
         "bearer token" if token else "off",
+        body_limit(cfg.serve),
     )
     try:
         uvicorn.run(

@@ -1,28 +1,43 @@
 """HTTP front of the Ranker (FastAPI): POST /score, GET /healthz, /readyz, /metrics.
 
-Bad input is always a 4xx with a message that names the field and what was expected: malformed
-JSON -> 400, wrong fields/types -> 422, unknown scenario or empty candidate list -> 422, too many
-candidates -> 413, missing/wrong bearer token -> 401, knowledge mismatch (refuse policy) -> 503.
+/score checks, in this order and before doing any work the caller could not: the bearer token
+(401, from the headers alone: the body is never read for an unauthenticated caller), the body size
+(413: a declared Content-Length above the limit is refused unread, a streamed body is cut off at
+the limit), then parses (malformed JSON 400) and validates (wrong fields/types 422; ids that are
+not printable text 400; unknown scenario or empty candidate list 422; too many candidates 413).
+A refusal before the body was read closes the connection, so the server reads no more of it.
+Knowledge mismatch (refuse policy) is 503. Every error, 404/405/500 included, is
+`{"error": "..."}` and is counted in `llm4msr_requests_total{endpoint,code}`.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 import time
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
+from llm4msr.config import ServeConfig
 from ranker.serving.runtime import KnowledgeMismatchError, Ranker, ScoringRequestError
 
 log = logging.getLogger(__name__)
 
 Id = StrictStr | StrictInt
+ENDPOINTS = ("/score", "/healthz", "/readyz", "/metrics")
+# Default body limit: room for the envelope and context features, plus per allowed candidate an
+# id of a few hundred characters. Far below what would let a caller make the server buffer 100s of MB.
+BODY_BASE_BYTES = 64 * 1024
+BODY_BYTES_PER_CANDIDATE = 512
 
 
 class ScoreRequest(BaseModel):
@@ -36,8 +51,42 @@ class ScoreRequest(BaseModel):
     )
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": message})
+class BodyRefused(Exception):
+    """The request body is refused before it is (completely) read: too large or unreadable."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def body_limit(cfg: ServeConfig) -> int:
+    """serve.max_body_bytes, or when unset 64 KiB + 512 bytes per allowed candidate."""
+    if cfg.max_body_bytes is not None:
+        return cfg.max_body_bytes
+    return BODY_BASE_BYTES + BODY_BYTES_PER_CANDIDATE * cfg.max_candidates
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, read while counting: a declared length above `limit` is refused without reading
+    a byte, a streamed (chunked) body as soon as it passes `limit`; memory stays below limit + one
+    network chunk whatever the caller sends."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise BodyRefused(400, f"Content-Length {declared[:40]!r} is not a number of bytes")
+        if int(declared) > limit:
+            raise BodyRefused(
+                413, f"body of {int(declared)} bytes is larger than serve.max_body_bytes={limit}"
+            )
+    buf = bytearray()
+    try:
+        async for chunk in request.stream():
+            buf += chunk
+            if len(buf) > limit:
+                raise BodyRefused(413, f"body is larger than serve.max_body_bytes={limit} (stopped reading)")
+    except ClientDisconnect as exc:  # nobody to answer; counted, not logged as a server error
+        raise BodyRefused(400, "the client disconnected before the body was complete") from exc
+    return bytes(buf)
 
 
 def _describe(errors: list[dict[str, Any]]) -> tuple[int, str]:
@@ -52,50 +101,93 @@ def _describe(errors: list[dict[str, Any]]) -> tuple[int, str]:
     return 422, "invalid request: " + "; ".join(parts)
 
 
-def create_app(ranker: Ranker, token: str | None = None) -> FastAPI:
-    """The app around one Ranker. `token`: if set, /score requires `Authorization: Bearer <token>`."""
+def create_app(ranker: Ranker, token: str | None = None, max_body_bytes: int | None = None) -> FastAPI:
+    """The app around one Ranker. `token`: if set, /score requires `Authorization: Bearer <token>`.
+    `max_body_bytes`: the /score body limit (default: `body_limit(ranker.cfg)`)."""
     app = FastAPI(title="llm4msr ranker", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = ranker.metrics
     expected = f"Bearer {token}".encode() if token else None
+    limit = max_body_bytes if max_body_bytes is not None else body_limit(ranker.cfg)
+
+    def error(
+        status: int, message: str, endpoint: str = "/score", headers: dict[str, str] | None = None
+    ) -> JSONResponse:
+        """The one error shape, counted. `headers` (e.g. Connection: close) as given."""
+        metrics.requests.labels(endpoint=endpoint, code=str(status)).inc()
+        return JSONResponse(status_code=status, content={"error": message}, headers=headers)
+
+    def endpoint_of(request: Request) -> str:
+        """The metric label: a known endpoint, or "other" (unknown paths must not add labels)."""
+        path = request.url.path
+        return path if path in ENDPOINTS else "other"
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"no endpoint {request.url.path[:100]!r}; expected POST /score, GET /healthz, /readyz, /metrics"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            message = (
+                f"method {request.method} is not allowed on {request.url.path}; use {allowed or 'another'}"
+            )
+        return error(exc.status_code, message, endpoint_of(request), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         status, msg = _describe(list(exc.errors()))
-        metrics.requests.labels(endpoint=request.url.path, code=str(status)).inc()
-        return _error(status, msg)
+        return error(status, msg, endpoint_of(request))
 
-    def authorize(request: Request) -> None:
-        """Runs before the body is validated, so an unauthenticated caller learns nothing else."""
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the traceback (it re-raises to the server after this response is sent).
+        return error(500, f"internal error ({type(exc).__name__}); see the server log", endpoint_of(request))
+
+    @app.post("/score")
+    async def score(request: Request) -> Response:
+        t0 = time.perf_counter()
+        # Headers only: an unauthenticated caller learns nothing else and sends nothing we read.
         if expected is not None and not hmac.compare_digest(
             request.headers.get("authorization", "").encode(), expected
         ):
-            metrics.requests.labels(endpoint="/score", code="401").inc()
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-
-    @app.exception_handler(HTTPException)
-    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content={"error": exc.detail}, headers=exc.headers)
-
-    @app.post("/score", dependencies=[Depends(authorize)])
-    def score(body: ScoreRequest) -> Any:
-        t0 = time.perf_counter()
+            return error(
+                401,
+                "missing or wrong bearer token",
+                headers={"WWW-Authenticate": "Bearer", "Connection": "close"},
+            )
         try:
-            res = ranker.score_detailed(
-                str(body.user_id), str(body.scenario_id), [str(i) for i in body.item_ids], body.features
+            raw = await read_body(request, limit)
+        except BodyRefused as exc:
+            return error(exc.status, str(exc), headers={"Connection": "close"})
+        try:
+            payload = json.loads(raw)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            return error(400, f"malformed JSON body: {exc}")
+        try:
+            body = ScoreRequest.model_validate(payload)
+        except ValidationError as exc:
+            return error(*_describe(list(exc.errors())))
+        try:
+            res = await run_in_threadpool(
+                ranker.score_detailed,
+                str(body.user_id),
+                str(body.scenario_id),
+                [str(i) for i in body.item_ids],
+                body.features,
             )
         except ScoringRequestError as exc:
-            metrics.requests.labels(endpoint="/score", code=str(exc.status)).inc()
-            return _error(exc.status, str(exc))
+            return error(exc.status, str(exc))
         except KnowledgeMismatchError as exc:
-            metrics.requests.labels(endpoint="/score", code="503").inc()
-            return _error(503, f"refusing to score: {exc}")
+            return error(503, f"refusing to score: {exc}")
         metrics.requests.labels(endpoint="/score", code="200").inc()
         metrics.request_latency.observe(time.perf_counter() - t0)
-        return {
-            "scores": res.scores.tolist(),
-            "knowledge_version": res.knowledge_version,
-            "fallback": res.fallback,
-        }
+        return JSONResponse(
+            {
+                "scores": res.scores.tolist(),
+                "knowledge_version": res.knowledge_version,
+                "fallback": res.fallback,
+            }
+        )
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
