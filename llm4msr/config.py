@@ -56,6 +56,8 @@ class SyntheticConfig(Section):
     # Zipf exponents: item popularity and user activity skew.
     item_zipf: float = Field(1.1, gt=0.0)
     user_zipf: float = Field(0.9, gt=0.0)
+    # Share of exposures drawn from the user's interest category (as a production recommender would).
+    targeted_exposure: float = Field(0.25, ge=0.0, le=1.0)
     # Share of users who enter a new scenario at the end: their last `new_scenario_tail`
     # interactions are in a scenario none of their earlier ones is in (cold start there, whose
     # taste only their history in the other scenarios reveals). 0 leaves the data unchanged.

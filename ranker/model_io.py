@@ -22,6 +22,7 @@ WEIGHTS_FILE = "model.safetensors"
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.parquet"
+VALID_PREDICTIONS_FILE = "valid_predictions.parquet"  # best model on the validation split (selection)
 
 
 def save_weights(model: nn.Module, path: str | Path) -> None:

@@ -12,6 +12,7 @@ Run directory (contract 4), built in a temporary sibling folder and renamed when
     metrics.json         per-epoch history (+ every sweep LR) and final per-scenario test metrics
     predictions.parquet  test rows + sampled top-K negatives: user_id, item_id, scenario_id, label,
                          score, source ("test" | "sampled")
+    valid_predictions.parquet  validation rows scored by the kept model (ranker.selection)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from ranker.model_io import (
     METRICS_FILE,
     PREDICTIONS_FILE,
     RUN_FILE,
+    VALID_PREDICTIONS_FILE,
     WEIGHTS_FILE,
     run_config_text,
     save_weights,
@@ -350,6 +352,10 @@ def train(
         spec.save(tmp / SPEC_FILE)
         save_weights(model, tmp / WEIGHTS_FILE)
         pred.write_parquet(tmp / PREDICTIONS_FILE)
+        valid_scores = predict(model, enc["valid"], kin, cfg.eval_batch_size)
+        splits["valid"].with_columns(score=pl.Series(valid_scores, dtype=pl.Float32)).write_parquet(
+            tmp / VALID_PREDICTIONS_FILE
+        )
         fallback = _fallback_rates(enc, inter) if kt is not None else None
         epoch_seconds = [h["seconds"] for h in history]
         metrics = {

@@ -156,7 +156,6 @@ ADJECTIVES = (
 AGE_GROUPS = ("18-24", "25-34", "35-44", "45-54", "55+")
 GENDERS = ("F", "M")
 
-TARGETED_EXPOSURE = 0.25  # share of exposures drawn from the user's preferred category
 BIAS = -1.4  # base logit: ~20 % CTR on a non-matching item, ~65 % on a matching one (taste 2.0)
 POPULARITY_COEF = 0.3
 NOISE_SD = 0.3
@@ -376,7 +375,7 @@ def load(cfg: DataConfig) -> RawData:
     # Exposure: popularity-skewed within the scenario; a share targeted at the user's interest.
     u_item = rng.random(n)
     item = _zipf_in_groups(item_scen, item_w, n_s, scen, u_item, sc.item_zipf)
-    targeted = rng.random(n) < TARGETED_EXPOSURE
+    targeted = rng.random(n) < sc.targeted_exposure
     group_of_item = item_scen * n_c + item_cat
     has_items = np.bincount(group_of_item, minlength=n_s * n_c) > 0
     t_group = scen[targeted] * n_c + personas[user[targeted]]

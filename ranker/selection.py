@@ -1,0 +1,109 @@
+"""Do-no-harm selection: keep +LLM4MSR only where it beats its plain backbone on validation beyond noise.
+
+Knowledge helps where ids know little (short histories, cold scenarios) and can hurt where ids
+already know the user, so a production train flow trains both variants and ships the plain model
+unless the knowledge variant's validation AUC is higher by more than `min_z` standard errors.
+
+The standard error is DeLong's for two correlated AUCs on the same validation rows (DeLong et al.
+1988, midrank form of Sun & Xu 2014): exact, one sort per model, no resampling, so it costs the
+same on 10k or 10M validation rows. Test rows are never looked at.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from ranker.model_io import VALID_PREDICTIONS_FILE
+
+PLAIN, LLM = "plain", "llm4msr"
+KEYS = ["user_id", "item_id", "scenario_id"]
+
+
+@dataclass(frozen=True)
+class VariantDecision:
+    """Which variant a selecting train flow keeps, with the validation numbers that decided it."""
+
+    keep: str  # PLAIN or LLM
+    plain_valid_auc: float
+    llm_valid_auc: float
+    delta: float  # llm - plain
+    se: float  # DeLong standard error of delta
+    min_z: float
+    n_rows: int
+    reason: str
+
+    @property
+    def z(self) -> float:
+        return self.delta / self.se if self.se > 0 else math.copysign(math.inf, self.delta)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"z": self.z}
+
+
+def _midranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank."""
+    order = np.argsort(x, kind="mergesort")
+    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
+    ranks = np.empty(x.size, dtype=np.float64)
+    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
+    return ranks
+
+
+def paired_auc_delta(
+    labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray
+) -> tuple[float, float, float]:
+    """(AUC_a, AUC_b, SE of AUC_b - AUC_a) on the same rows, by DeLong's method.
+
+    Raises ValueError when the rows hold a single class (no AUC)."""
+    y = np.asarray(labels).astype(bool)
+    m, n = int(y.sum()), int((~y).sum())
+    if m == 0 or n == 0:
+        raise ValueError(f"validation rows have a single class ({m} positives, {n} negatives): no AUC")
+    v10, v01 = [], []
+    for s in (np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)):
+        pos, neg = s[y], s[~y]
+        tz = _midranks(np.concatenate([pos, neg]))
+        v10.append((tz[:m] - _midranks(pos)) / n)  # per positive: share of negatives ranked below
+        v01.append(1.0 - (tz[m:] - _midranks(neg)) / m)  # per negative: share of positives above
+    auc_a, auc_b = float(v10[0].mean()), float(v10[1].mean())
+    s10 = np.cov(np.vstack(v10)) if m > 1 else np.zeros((2, 2))
+    s01 = np.cov(np.vstack(v01)) if n > 1 else np.zeros((2, 2))
+    var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
+    return auc_a, auc_b, float(math.sqrt(max(var, 0.0)))
+
+
+def _valid_predictions(run_dir: Path) -> pl.DataFrame:
+    path = run_dir / VALID_PREDICTIONS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: the run predates validation dumps; train it again to select on it"
+        )
+    return pl.read_parquet(path)
+
+
+def select_variant(plain_run: str | Path, llm_run: str | Path, min_z: float) -> VariantDecision:
+    """Compare two runs of the same data on their validation predictions."""
+    a, b = _valid_predictions(Path(plain_run)), _valid_predictions(Path(llm_run))
+    # Both runs dump the validation split in dataset order, so the same data gives the same rows.
+    if not a.select(*KEYS, "label").equals(b.select(*KEYS, "label")):
+        raise ValueError(
+            f"validation rows of {plain_run} ({a.height}) and {llm_run} ({b.height}) differ in keys or "
+            "labels: the runs were not trained on the same dataset"
+        )
+    plain_auc, llm_auc, se = paired_auc_delta(
+        a["label"].to_numpy(), a["score"].to_numpy(), b["score"].to_numpy()
+    )
+    delta = llm_auc - plain_auc
+    keep = LLM if delta > min_z * se else PLAIN
+    verdict = "beyond" if keep == LLM else "not beyond"
+    reason = (
+        f"validation AUC +LLM4MSR {llm_auc:.4f} vs plain {plain_auc:.4f}: Δ {delta:+.4f} = "
+        f"{delta / se if se > 0 else float('inf'):.1f} SE, {verdict} the {min_z:g} SE bar: keeping {keep}"
+    )
+    return VariantDecision(keep, plain_auc, llm_auc, delta, se, min_z, a.height, reason)
