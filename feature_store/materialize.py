@@ -25,6 +25,7 @@ from feature_store.offline_store import OfflineStore
 from feature_store.online import EntityBatch, OnlineStore, open_store
 from llm4msr.atomic import sha256_file
 from llm4msr.config import StoreConfig
+from llm4msr.ids import unkeyable
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,14 @@ def load_entities(snapshot_dir: Path, value_dtype: str) -> tuple[dict[str, Any],
                     f"|value| {float(np.abs(vectors[i]).max()):.3g} > float16 max; set store.value_dtype=float32"
                 )
         gen = sub.column("generated_at").to_numpy(zero_copy_only=False)
-        out[kind] = EntityBatch(np.asarray(sub.column("entity_id").to_pylist(), dtype=str), vectors, gen)
+        ids = sub.column("entity_id").to_pylist()
+        # numpy would turn a null into "None" and drop trailing NULs ("u1\0" -> "u1"): refuse both
+        if bad := [i for i, e in enumerate(ids) if e is None][:1] or unkeyable(ids):
+            raise SnapshotError(
+                f"{snapshot_dir / KNOWLEDGE_FILE}: column 'entity_id' of {kind} row {bad[0]} is "
+                f"{ids[bad[0]]!r}: expected a non-null id without NUL characters"
+            )
+        out[kind] = EntityBatch(np.asarray(ids, dtype=str), vectors, gen)
     return manifest, out
 
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from feature_store.online import codec
 from llm4msr.config import StoreConfig
-from llm4msr.ids import check_id
+from llm4msr.ids import check_id, unkeyable
 from llm4msr.progress import progress
 
 log = logging.getLogger(__name__)
@@ -349,13 +349,7 @@ class OnlineStore(ABC):
         n = len(ids)
         try:
             cur = version if version is not None else self.current_cached()
-            if cur is None or n == 0:
-                result = empty_result(n, cur)
-            else:
-                dec = self._read_decoded(cur, kind, ids)
-                result = ReadResult(
-                    dec.vectors, dec.found, cur.version, dec.missing, dec.stale, dec.malformed, 0
-                )
+            result = empty_result(n, cur) if cur is None or n == 0 else self._read_keyable(cur, kind, ids)
         except Exception as exc:  # noqa: BLE001 - the request path must not raise
             self.invalidate()
             now = time.monotonic()
@@ -367,6 +361,22 @@ class OnlineStore(ABC):
             result = empty_result(n, version or cached, errors=True)
         self.counters.add(result)
         return result
+
+    def _read_keyable(self, cur: StoreVersion, kind: str, ids: list[str]) -> ReadResult:
+        """Ids no store can hold exactly (NUL, lone surrogates: `llm4msr.ids.unkeyable`) are missing
+        on every backend: never a prefix match (local), never a backend error (Redis)."""
+        bad = unkeyable(ids)
+        if not bad:
+            dec = self._read_decoded(cur, kind, ids)
+            return ReadResult(dec.vectors, dec.found, cur.version, dec.missing, dec.stale, dec.malformed, 0)
+        keep = np.ones(len(ids), dtype=bool)
+        keep[bad] = False
+        out = empty_result(len(ids), cur)
+        if keep.any():
+            dec = self._read_decoded(cur, kind, [v for v, k in zip(ids, keep.tolist(), strict=True) if k])
+            out.vectors[keep], out.found[keep] = dec.vectors, dec.found
+            out.n_missing, out.n_stale, out.n_malformed = dec.missing + len(bad), dec.stale, dec.malformed
+        return out
 
     # ------------------------------------------------------------------ writing
     def write_version(
@@ -393,6 +403,11 @@ class OnlineStore(ABC):
         for k, b in entities.items():
             if bool((b.ids[1:] == b.ids[:-1]).any()):  # sorted: duplicates are neighbours
                 raise ValueError(f"version {version}: kind {k!r} has duplicate entity ids")
+            if bad := unkeyable(b.ids.tolist()):
+                raise ValueError(
+                    f"version {version}: kind {k!r} entity id {str(b.ids[bad[0]])!r} cannot be stored: "
+                    "expected text without NUL characters or lone surrogates"
+                )
         dimension = next(iter(dims.values()))
         counts = {k: len(b.ids) for k, b in entities.items()}
         meta = StoreVersion(

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from llm4msr.config import ServeConfig
+from llm4msr.ids import describe_bad_text_id, first_bad_text_id, text_id_problem
 from ranker.serving import artifact as A
 from ranker.serving.metrics import ServingMetrics
 
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 
 
 class ScoringRequestError(ValueError):
-    """The request itself is wrong (unknown scenario, no candidates, too many). HTTP 4xx."""
+    """The request itself is wrong (ids that are not text, unknown scenario, no candidates, too
+    many). HTTP 4xx."""
 
     def __init__(self, message: str, status: int = 422):
         super().__init__(message)
@@ -285,7 +287,18 @@ class Ranker:
     def scenarios(self) -> list[str]:
         return list(self.scenario_vocab)
 
-    def validate(self, scenario_id: str, item_ids: list[str]) -> None:
+    def validate(self, scenario_id: str, item_ids: list[str], user_id: str | None = None) -> None:
+        """Refuse a request the model cannot score as asked (ScoringRequestError, HTTP 4xx): ids
+        that are not text (400, the same on every store: see llm4msr.ids.text_id_problem), an
+        unknown scenario or no candidates (422), more than serve.max_candidates (413)."""
+        for field, value in (("user_id", user_id), ("scenario_id", scenario_id)):
+            if value is not None and (problem := text_id_problem(value)) is not None:
+                raise ScoringRequestError(describe_bad_text_id(field, value, problem), status=400)
+        if (bad := first_bad_text_id(item_ids)) is not None:
+            i, problem = bad
+            raise ScoringRequestError(
+                describe_bad_text_id(f"item_ids[{i}]", item_ids[i], problem), status=400
+            )
         if scenario_id not in self.scenario_vocab:
             raise ScoringRequestError(
                 f"unknown scenario_id {scenario_id!r}; expected one of {self.scenarios}"
@@ -305,7 +318,7 @@ class Ranker:
         t0 = time.perf_counter()
         user_id, scenario_id = str(user_id), str(scenario_id)
         item_ids = [str(i) for i in item_ids]
-        self.validate(scenario_id, item_ids)
+        self.validate(scenario_id, item_ids, user_id)
         n = len(item_ids)
         feeds: dict[str, np.ndarray] = {
             "sparse_ids": self.assembler.build(user_id, scenario_id, item_ids, features)
