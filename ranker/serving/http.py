@@ -12,6 +12,7 @@ Knowledge mismatch (refuse policy) is 503. Every error, 404/405/500 included, is
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -49,6 +50,24 @@ class ScoreRequest(BaseModel):
         None,
         description="optional context features by name (values are looked up in the model's vocabularies)",
     )
+
+
+# A refusal of an unread body closes the connection this long after the answer was sent: closing
+# a socket with unread input makes the kernel reset the connection, which throws away whatever of
+# the answer it has not transmitted yet, so the caller would see a reset instead of 401/413.
+LINGER_SECONDS = 0.2
+
+
+class ClosingJSONResponse(JSONResponse):
+    """`{"error": ...}` answer that ends the connection (`Connection: close`): sent at once, the
+    response completes LINGER_SECONDS later, then the server closes without reading more."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.headers["connection"] = "close"
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body, "more_body": True})
+        await asyncio.sleep(LINGER_SECONDS)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class BodyRefused(Exception):
@@ -110,11 +129,18 @@ def create_app(ranker: Ranker, token: str | None = None, max_body_bytes: int | N
     limit = max_body_bytes if max_body_bytes is not None else body_limit(ranker.cfg)
 
     def error(
-        status: int, message: str, endpoint: str = "/score", headers: dict[str, str] | None = None
+        status: int,
+        message: str,
+        endpoint: str = "/score",
+        headers: dict[str, str] | None = None,
+        *,
+        close: bool = False,
     ) -> JSONResponse:
-        """The one error shape, counted. `headers` (e.g. Connection: close) as given."""
+        """The one error shape, counted. `close`: the body was not (completely) read, end the
+        connection after the answer (ClosingJSONResponse)."""
         metrics.requests.labels(endpoint=endpoint, code=str(status)).inc()
-        return JSONResponse(status_code=status, content={"error": message}, headers=headers)
+        cls = ClosingJSONResponse if close else JSONResponse
+        return cls(status_code=status, content={"error": message}, headers=headers)
 
     def endpoint_of(request: Request) -> str:
         """The metric label: a known endpoint, or "other" (unknown paths must not add labels)."""
@@ -151,14 +177,12 @@ def create_app(ranker: Ranker, token: str | None = None, max_body_bytes: int | N
             request.headers.get("authorization", "").encode(), expected
         ):
             return error(
-                401,
-                "missing or wrong bearer token",
-                headers={"WWW-Authenticate": "Bearer", "Connection": "close"},
+                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}, close=True
             )
         try:
             raw = await read_body(request, limit)
         except BodyRefused as exc:
-            return error(exc.status, str(exc), headers={"Connection": "close"})
+            return error(exc.status, str(exc), close=True)
         try:
             payload = json.loads(raw)
         except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
