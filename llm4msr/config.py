@@ -319,9 +319,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
             for err in exc.errors()
         ]
-        raise ConfigError(f"{where} is invalid:\n" + "\n".join(lines)) from exc
+        from llm4msr.secrets import redact
+
+        raise ConfigError(redact(f"{where} is invalid:\n" + "\n".join(lines))) from None
 
 
 def dump_config(settings: Settings) -> str:
-    """The fully resolved config as YAML, for run directories and manifests."""
-    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)
+    """The fully resolved config as YAML, for run directories and manifests. Passwords in URLs
+    (store.url) are replaced by *** (llm4msr.secrets): what is printed or persisted holds none."""
+    from llm4msr.secrets import redact_tree
+
+    return yaml.safe_dump(redact_tree(settings.model_dump(mode="json")), sort_keys=False)

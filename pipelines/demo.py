@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llm4msr.config import Settings, load_config
+from llm4msr.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def run_demo(config: str | None, overrides: list[str], workdir: str | Path) -> i
     for label, path in (
         ("dataset", settings.data.out),
         ("knowledge snapshots", settings.knowledge.snapshot_root),
-        ("online store", settings.store.url),
+        ("online store", redact(settings.store.url)),
         ("training runs", settings.train.runs_dir),
         ("registered model", model_dir),
         ("flow reports", settings.pipelines.work_dir),

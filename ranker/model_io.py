@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from llm4msr.config import DataConfig, Settings, dump_config, load_config
+from llm4msr.secrets import redact_tree
 from ranker.features import SPEC_FILE, FeatureSpec
 from ranker.model import RankerModel, build_model
 
@@ -68,7 +69,7 @@ def run_config_text(settings: Settings, data: DataConfig | None, data_dir: str |
     section is left out (with a comment) instead of showing defaults the run never used."""
     if data is not None:
         return dump_config(settings.model_copy(update={"data": data}, deep=True))
-    tree = settings.model_dump(mode="json")
+    tree = redact_tree(settings.model_dump(mode="json"))  # no password of store.url in a run
     tree.pop("data")
     return (
         f"# data: not recorded: dataset {data_dir} has no source.config in its manifest.json (hand-built "

@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -40,6 +39,7 @@ from feature_store.online import codec
 from llm4msr.config import StoreConfig
 from llm4msr.ids import check_id, unkeyable
 from llm4msr.progress import progress
+from llm4msr.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -628,7 +628,7 @@ class OnlineStore(ABC):
     # ------------------------------------------------------------------ status
     @property
     def redacted_url(self) -> str:
-        return re.sub(r"//([^@/]*)@", "//***@", self.url)
+        return redact(self.url)
 
     def status(self) -> dict[str, Any]:
         """Current version, counts, age, history, memory, read counters (for `llm4msr store status`)."""

@@ -45,7 +45,6 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 import numpy as np
 
@@ -61,6 +60,7 @@ from feature_store.online.base import (
 )
 from llm4msr.config import StoreConfig
 from llm4msr.ids import check_id, is_valid_id
+from llm4msr.secrets import split_password
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -117,11 +117,19 @@ class RedisStore(OnlineStore):
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
+        # The password never stays in the URL this object keeps (and prints): it comes from the URL
+        # or, when the URL has none or a redacted one (***, as in dumped configs), from the
+        # environment variable store.password_env.
+        url, password, redacted = split_password(url)
         super().__init__(url, cfg)
         self._redis = redis
-        kwargs: dict[str, Any] = {}
-        if not urlparse(url).password and os.environ.get(cfg.password_env):
-            kwargs["password"] = os.environ[cfg.password_env]
+        password = password or os.environ.get(cfg.password_env) or None
+        if redacted and password is None:
+            raise StoreError(
+                f"store URL {self.redacted_url}: the password is redacted (***), and the environment "
+                f"variable {cfg.password_env} (store.password_env) that should hold it is not set"
+            )
+        kwargs: dict[str, Any] = {} if password is None else {"password": password}
         read_s, write_s = cfg.timeout_ms / 1000.0, cfg.write_timeout_ms / 1000.0
         self._rpool = redis.ConnectionPool.from_url(
             url, socket_timeout=read_s, socket_connect_timeout=read_s, retry=Retry(NoBackoff(), 1), **kwargs
@@ -175,6 +183,12 @@ class RedisStore(OnlineStore):
         while True:
             try:
                 return fn()
+            except self._redis.AuthenticationError as exc:  # a ConnectionError, but not a retryable one
+                raise StoreError(
+                    f"redis at {self.redacted_url} refused the credentials while {what}: {exc} (the password "
+                    f"comes from the URL or the environment variable {self.cfg.password_env}, "
+                    "store.password_env)"
+                ) from exc
             except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
                 if attempt >= retries:
                     raise StoreError(

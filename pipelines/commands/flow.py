@@ -75,14 +75,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 
 
+def flow_overrides(overrides: list[str], password_env: str, *, deploy: bool = False) -> list[str]:
+    """The --set overrides as they may be recorded as flow parameters (the Prefect server stores
+    them): a password in `store.url` moves to the environment variable `password_env` of this
+    process, which runs the flow (the URL keeps `***`, which the store resolves from there). A
+    deployment runs elsewhere, later: refused; so is a password in any other override."""
+    from llm4msr.secrets import export_password, redact
+
+    out = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if redact(value) == value:
+            out.append(item)
+        elif key.strip() == "store.url" and not deploy:
+            out.append(f"{key}={export_password(value, password_env)}")
+        else:
+            raise UserError(
+                f"--set {redact(item)}: a password in an override would be stored as a Prefect "
+                f"parameter; give it in the environment variable {password_env} (store.password_env) "
+                + ("of the worker " if deploy else "")
+                + "instead"
+            )
+    return out
+
+
 def _run(args: argparse.Namespace) -> int:
     from llm4msr.config import load_config
 
-    load_config(args.config, args.overrides)  # fail fast on a bad config, before Prefect starts
+    settings = load_config(args.config, args.overrides)  # fail fast on a bad config, before Prefect starts
+    overrides = flow_overrides(list(args.overrides), settings.store.password_env)
     from pipelines.flows import flows
 
     fl = flows()[args.name]
-    kwargs: dict[str, object] = {"config": args.config, "overrides": list(args.overrides)}
+    kwargs: dict[str, object] = {"config": args.config, "overrides": overrides}
     if args.name == "nightly-knowledge":
         kwargs["full"] = bool(args.full)
     elif args.full:
@@ -107,6 +132,7 @@ def _deploy(args: argparse.Namespace) -> int:
     from pipelines.flows.deployments import deployment_specs, register_deployments
 
     settings = load_config(args.config, args.overrides)
+    flow_overrides(list(args.overrides), settings.store.password_env, deploy=True)  # no secrets
     if args.dry_run:
         for s in deployment_specs(settings, args.config, args.overrides):
             print(

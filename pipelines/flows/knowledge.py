@@ -26,6 +26,7 @@ from prefect import flow, task, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from llm4msr.config import DataConfig, KnowledgeConfig, Settings, StoreConfig
+from llm4msr.secrets import export_password, redact_tree
 from pipelines.flows.common import (
     StageTimer,
     cache_on,
@@ -365,11 +366,13 @@ def _run_knowledge(
     report.update(snapshot=snap, snapshot_id=snap["snapshot_id"])
     if materialize:
         with timer.stage("materialize"):
+            # Task parameters are recorded: the store's password travels in store.password_env.
+            store_url = export_password(settings.store.url, settings.store.password_env)
             mat = with_config(materialize_online, settings)(
                 snap["path"],
                 snap["snapshot_id"],
-                settings.store.url,
-                settings.store.model_dump(mode="json"),
+                store_url,
+                redact_tree(settings.store.model_dump(mode="json")),
             )
         report["materialize"] = mat
     report.update(status=status, timings=timer.timings)
