@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -302,6 +302,18 @@ class OnlineStore(ABC):
     @abstractmethod
     def _backend_status(self) -> dict[str, Any]: ...
 
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Held around every change of the store's versions or pointer (re-entrant per object).
+        Redis needs nothing more (each change is a transaction, resumable and idempotent); the
+        local store, which is files, makes it a lock that refuses a second writer."""
+        yield
+
+    def writer(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the store for one writer across several steps (materialize: write, verify, switch),
+        so another writer cannot interleave; a second writer gets a StoreError, nothing written."""
+        return self._exclusive()
+
     @abstractmethod
     def incomplete_versions(self) -> list[dict[str, Any]]:
         """Versions held that are not complete: `state` "writing" (resumable) or "no metadata" /
@@ -422,7 +434,8 @@ class OnlineStore(ABC):
             dataset_version=dataset_version,
             dataset_source=dataset_source,
         )
-        return self._write_version(meta, entities, on_chunk, t0)
+        with self._exclusive():
+            return self._write_version(meta, entities, on_chunk, t0)
 
     def _write_version(
         self,
@@ -568,12 +581,17 @@ class OnlineStore(ABC):
                         f"{(record_digest(g) or 'absent')[:12]} != expected {record_digest(e)[:12]}"
                     )
             checked += k
-        self._mark_complete(version)
+        with self._exclusive():
+            self._mark_complete(version)
         return {"counts": dict(info.counts), "checksums_verified": checked}
 
     # ------------------------------------------------------------------ pointer
     def set_current(self, version: str) -> None:
         """Switch readers to `version` (must be complete). The previous one goes on the history."""
+        with self._exclusive():
+            self._set_current(version)
+
+    def _set_current(self, version: str) -> None:
         info = self.version_info(version)
         if info is None:
             raise StoreError(f"version {version} not found in {self.redacted_url}")
@@ -589,6 +607,10 @@ class OnlineStore(ABC):
 
     def rollback(self) -> str:
         """Make the previously current version current again; returns its id."""
+        with self._exclusive():
+            return self._rollback()
+
+    def _rollback(self) -> str:
         current = self._read_pointer()
         hist = self.history()
         while hist:
@@ -607,6 +629,10 @@ class OnlineStore(ABC):
         metadata (orphans: nothing can read or resume them), and with `include_writing` also
         partial writes (which a re-run of the same materialization would resume). Returns what
         was (dry_run: would be) removed, as listed by `incomplete_versions()`."""
+        with self._exclusive():
+            return self._gc(include_writing, dry_run)
+
+    def _gc(self, include_writing: bool, dry_run: bool) -> list[dict[str, Any]]:
         current = self._read_pointer()
         removed = []
         for entry in self.incomplete_versions():

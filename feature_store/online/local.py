@@ -12,19 +12,24 @@
 A lookup is a binary search of the memory-mapped id index plus a gather of the records, then the
 same header checks as Redis. A version folder moves from staging/ to versions/ only after it has
 been verified; old versions are deleted `old_version_ttl_seconds` after they stop being current.
-One writer at a time per root. Version ids (arguments, CURRENT, HISTORY) are checked with
+One writer at a time per root: every change holds an exclusive flock on ROOT/.writer.lock, and a
+second writer is refused with a StoreError (materialize holds it from the pointer check to the
+switch). Version ids (arguments, CURRENT, HISTORY) are checked with
 `llm4msr.ids.check_id` before they become a path, and every delete is `remove_tree` (strictly
 inside `staging/` or `versions/`): an id such as `..` cannot reach the root.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
+import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +47,7 @@ log = logging.getLogger(__name__)
 # seconds, data fsynced first; a killed write redoes at most that much.
 PROGRESS_EVERY_S = 0.5
 PROGRESS_EVERY_CHUNKS = 8
+LOCK_FILE = ".writer.lock"
 
 
 HASH_CHUNK = 1 << 16
@@ -152,6 +158,47 @@ class LocalStore(OnlineStore):
         self._progress: dict[str, dict[str, int]] = {}
         self._progress_at = 0.0
         self._unflushed = 0
+        self._lock_fh: Any = None  # ROOT/.writer.lock, flock'ed while this object writes
+        self._lock_depth = 0
+
+    # ------------------------------------------------------------------ one writer
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """An exclusive flock on ROOT/.writer.lock for as long as this object changes the store
+        (re-entrant). A second writer, in this or another process, gets a StoreError naming the
+        lock and its holder instead of interleaving its files with ours. The kernel drops the lock
+        when its holder dies, so a killed writer never leaves a stale one."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / LOCK_FILE
+        fh = open(path, "a+")  # noqa: SIM115 - held until the with-block ends
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown process"
+            fh.close()
+            raise StoreError(
+                f"{path}: another writer ({holder}) is changing the local store {self.root}; one writer "
+                "per store at a time: wait for it to finish, then run this again"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        self._lock_fh, self._lock_depth = fh, 1
+        try:
+            yield
+        finally:
+            self._lock_depth = 0
+            self._lock_fh = None
+            fh.close()  # releases the flock
 
     # ------------------------------------------------------------------ paths
     def _final(self, version: str) -> Path:
@@ -421,6 +468,10 @@ class LocalStore(OnlineStore):
                 self._maps.pop(k)
 
     def drop_version(self, version: str) -> None:
+        with self._exclusive():
+            self._drop(version)
+
+    def _drop(self, version: str) -> None:
         if self._read_pointer() == version:
             raise StoreError(f"version {version} is current; roll back or switch before dropping it")
         for k in [k for k in self._writers if k[0] == version]:

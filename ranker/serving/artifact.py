@@ -227,6 +227,20 @@ def _read_json(path: Path) -> Any:
         raise ModelLoadError(f"{path}: not valid JSON ({exc})") from exc
 
 
+def _entry(obj: Any, key: str, path: Path, expected: str, where: str = "") -> dict[str, Any]:
+    """`obj[key]`, an object with the string fields `file` and `sha256`, or a ModelLoadError naming
+    the file, the key and what was expected (an older or hand-edited manifest)."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    name = repr(f"{where}{key}")
+    if not isinstance(value, dict) or not all(isinstance(value.get(f), str) for f in ("file", "sha256")):
+        got = "missing" if value is None else f"{json.dumps(value)[:80]}"
+        raise ModelLoadError(
+            f"{path}: key {name} is {got}; expected {expected} "
+            '({"file": ..., "sha256": ...}); re-export the model with `llm4msr export`'
+        )
+    return value
+
+
 @dataclass
 class ModelArtifact:
     """A loaded model directory: manifest, feature assembler and the path of the ONNX file to run."""
@@ -248,7 +262,7 @@ class ModelArtifact:
 
     @property
     def input_names(self) -> list[str]:
-        return [i["name"] for i in self.manifest["inputs"]]
+        return [i["name"] for i in self.manifest.get("inputs") or []]
 
 
 def load_artifact(model_dir: str | Path, variant: str = "float32", *, verify: bool = True) -> ModelArtifact:
@@ -257,19 +271,24 @@ def load_artifact(model_dir: str | Path, variant: str = "float32", *, verify: bo
     if not path.is_dir():
         raise ModelLoadError(f"model directory {path} does not exist")
     manifest = _read_json(path / MANIFEST_FILE)
+    if not isinstance(manifest, dict):
+        raise ModelLoadError(
+            f"{path / MANIFEST_FILE}: a JSON {type(manifest).__name__}, expected an object (the export manifest)"
+        )
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ModelLoadError(
             f"{path / MANIFEST_FILE}: format_version {manifest.get('format_version')!r}, "
             f"expected {FORMAT_VERSION}"
         )
+    mpath = path / MANIFEST_FILE
     if variant == "float32":
-        onnx_path, meta = path / MODEL_FILE, manifest["model"]
+        onnx_path, meta = path / MODEL_FILE, _entry(manifest, "model", mpath, "the ONNX file's entry")
     else:
-        meta = (manifest.get("variants") or {}).get(variant)
-        if not meta:
-            raise ModelLoadError(
-                f"{path}: no {variant!r} variant was exported (have {sorted(manifest.get('variants') or {})})"
-            )
+        variants = manifest.get("variants") or {}
+        if not isinstance(variants, dict) or not variants.get(variant):
+            have = sorted(variants) if isinstance(variants, dict) else variants
+            raise ModelLoadError(f"{path}: no {variant!r} variant was exported (have {have})")
+        meta = _entry(variants, variant, mpath, f"the {variant} variant's entry", "variants.")
         onnx_path = path / meta["file"]
     if not onnx_path.is_file():
         raise ModelLoadError(f"model file {onnx_path} is missing")
@@ -285,7 +304,16 @@ def load_artifact(model_dir: str | Path, variant: str = "float32", *, verify: bo
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"{path / MANIFEST_FILE}: invalid 'layout' ({exc})") from exc
     vocabs = _read_json(path / VOCABS_FILE)
-    lookups = manifest["lookups"]
+    if not isinstance(vocabs, dict):
+        raise ModelLoadError(f"{path / VOCABS_FILE}: a JSON {type(vocabs).__name__}, expected an object")
+    lookups = manifest.get("lookups")
+    if not isinstance(lookups, dict):
+        raise ModelLoadError(
+            f"{mpath}: key 'lookups' is {'missing' if lookups is None else json.dumps(lookups)[:80]}; expected "
+            '{"users": {"file", "sha256"}, "items": {...}} (the id lookup tables); re-export the model'
+        )
+    for name in ("users", "items"):
+        _entry(lookups, name, mpath, f"the {name} lookup table's entry", "lookups.")
     for name in ("users", "items"):
         f = path / lookups[name]["file"]
         if not f.is_file():
