@@ -8,11 +8,25 @@ overhead as a ratio) to docs/benchmarks/ranker-<datasets>.md, with the command t
 
     llm4msr bench ranker --quick          # ML-100K, 2 backbones, 1 seed, 2 epochs (minutes)
     llm4msr bench ranker                  # ML-100K + Amazon Food-Kitchen, 6 backbones, 3 seeds
-    llm4msr bench ranker --quick --set data.split.strategy=random   # data overrides are honoured
+    llm4msr bench ranker --quick --protocol random   # random 8:1:1 split instead of leave-last-one
+    llm4msr bench ranker --protocol both             # both protocols, one report each
 
-`--set data.*` settings (split, seed, adapter options) build their own dataset, snapshot and runs
-(under WORK/NAME+data-<hash>, report ranker-<datasets>+data-<hash>.md); the report states the
-split each dataset actually has, read from its manifest. data.dataset/path/out are refused.
+Protocols (`--protocol`): `temporal` (default, production-realistic: each user's last
+interaction is test, the one before valid; data.split.strategy=leave_last_n) and `random`
+(seeded random 8:1:1 train/valid/test rows, comparable with published multi-scenario
+benchmarks; data.split.strategy=random, valid_ratio=test_ratio=0.1). Each protocol has its own
+dataset, snapshot and runs (WORK/NAME for temporal, WORK/NAME-random) and report
+(ranker-<datasets>.md, ranker-<datasets>-random.md).
+
+Every report has a trivial baseline (ranker.baseline: logistic regression on smoothed user/item
+mean labels + scenario one-hot, train rows only), ΔAUC vs plain with its Welch SE and the
+"never worse" / "beats by > 2 SE" verdicts, AUC on knowledge slices (ranker.slices: history
+length in the row's scenario, multi- vs single-scenario users) and a ΔAUC plot.
+
+`--set data.*` settings (split details, seed, adapter options) build their own dataset, snapshot
+and runs (under WORK/NAME[-random]+data-<hash>, report ranker-<datasets>[-random]+data-<hash>.md);
+a data.split.strategy that contradicts --protocol is an error. The report states the split each
+dataset actually has, read from its manifest. data.dataset/path/out are refused.
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ import logging
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from llm4msr.atomic import sha256_text, write_text_atomic
@@ -38,6 +53,41 @@ DATASETS = {
 ALL_BACKBONES = ["shared_bottom", "mmoe", "ple", "star", "pepnet", "m2m"]
 
 
+@dataclass(frozen=True)
+class Protocol:
+    """An evaluation protocol = how the data is split; a benchmark runs one or both."""
+
+    name: str
+    overrides: tuple[str, ...]  # data.* settings it stands for (before the user's --set data.*)
+    strategies: tuple[str, ...]  # data.split.strategy values consistent with it
+    label: str  # short, for titles
+    description: str
+    suffix: str  # of work folders and report names ("" for the default, so they stay as they were)
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "temporal": Protocol(
+        "temporal",
+        ("data.split.strategy=leave_last_n",),
+        ("leave_last_n", "ratio"),
+        "temporal leave-last-one",
+        "temporal leave-last-one: per user, the last interaction is test and the one before it "
+        "valid (production-realistic: the model only sees the past)",
+        "",
+    ),
+    "random": Protocol(
+        "random",
+        ("data.split.strategy=random", "data.split.valid_ratio=0.1", "data.split.test_ratio=0.1"),
+        ("random",),
+        "random 8:1:1",
+        "random 8:1:1: each interaction goes to train / valid / test with probability 0.8 / 0.1 / "
+        "0.1, seeded (comparable with published multi-scenario benchmarks; the future leaks into "
+        "train)",
+        "-random",
+    ),
+}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="llm4msr bench ranker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -49,6 +99,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backbones", default=None, help="comma-separated backbones (default: all six)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--epochs", type=int, default=None, help="max epochs (early stopping on validation AUC)")
+    p.add_argument(
+        "--protocol",
+        choices=[*PROTOCOLS, "both"],
+        default="temporal",
+        help="temporal leave-last-one (default), random 8:1:1, or both (one report each)",
+    )
     p.add_argument("--knowledge-backend", choices=["vllm", "transformers"], default="vllm")
     p.add_argument(
         "--set",
@@ -87,11 +143,25 @@ def data_overrides(overrides: list[str]) -> list[str]:
     return out
 
 
-def data_config(name: str, overrides: list[str]) -> DataConfig:
-    """The data section one benchmark dataset is built with: its source + every data.* override."""
+def data_config(name: str, overrides: list[str], protocol: Protocol | None = None) -> DataConfig:
+    """The data section one benchmark dataset is built with: its source, the protocol's split,
+    then every data.* override (a split strategy that contradicts the protocol is an error)."""
     src = DATASETS[name]
-    sets = [f"data.dataset={src['dataset']}", f"data.path={src['path']}", *data_overrides(overrides)]
-    return load_config(overrides=sets).data
+    sets = [
+        f"data.dataset={src['dataset']}",
+        *([f"data.path={src['path']}"] if src.get("path") else []),  # none for generated data
+        *(protocol.overrides if protocol else ()),
+        *data_overrides(overrides),
+    ]
+    cfg = load_config(overrides=sets).data
+    if protocol is not None and cfg.split.strategy not in protocol.strategies:
+        other = next((p.name for p in PROTOCOLS.values() if cfg.split.strategy in p.strategies), None)
+        raise ConfigError(
+            f"bench ranker: --set data.split.strategy={cfg.split.strategy} contradicts --protocol "
+            f"{protocol.name} (split {' / '.join(protocol.strategies)})"
+            + (f"; use --protocol {other}" if other else "")
+        )
+    return cfg
 
 
 def data_tag(overrides: list[str]) -> str:
@@ -101,10 +171,23 @@ def data_tag(overrides: list[str]) -> str:
     return f"+data-{sha256_text(repr(extra))[:8]}" if extra else ""
 
 
-def dataset_root(name: str, work: Path, overrides: list[str]) -> Path:
-    """WORK/NAME (+data-<hash> with data overrides): a benchmark never reuses data, knowledge or
-    runs built from other data settings."""
-    return work / f"{name}{data_tag(overrides)}"
+def dataset_root(name: str, work: Path, overrides: list[str], protocol: Protocol | None = None) -> Path:
+    """WORK/NAME (-random for that protocol, +data-<hash> with data overrides): a benchmark never
+    reuses data, knowledge or runs built from other data settings."""
+    return work / f"{name}{protocol.suffix if protocol else ''}{data_tag(overrides)}"
+
+
+def report_path(
+    datasets: list[str], overrides: list[str], protocol: Protocol, quick: bool, out: str | None, both: bool
+) -> Path:
+    """docs/benchmarks/ranker-<datasets>[-random][+data-<hash>][-quick].md, or --out (with
+    --protocol both: --out with -<protocol> before its suffix, one report per protocol)."""
+    if out:
+        path = Path(out)
+        return path.with_name(f"{path.stem}-{protocol.name}{path.suffix}") if both else path
+    quick_tag = "-quick" if quick else ""  # a quick run never replaces a full report
+    name = f"ranker-{'+'.join(datasets)}{protocol.suffix}{data_tag(overrides)}{quick_tag}.md"
+    return REPO_ROOT / "docs" / "benchmarks" / name
 
 
 def prepare_data(cfg: DataConfig, data_dir: Path) -> Path:
@@ -131,11 +214,18 @@ def prepare_data(cfg: DataConfig, data_dir: Path) -> Path:
     return data_dir
 
 
+def strategy_used(data_dir: Path) -> str | None:
+    """The split strategy a built dataset really has (a temporal one falls back to random when
+    the source has no timestamps), from its manifest."""
+    source = json.loads((data_dir / "manifest.json").read_text()).get("source") or {}
+    return source.get("split_strategy_used") or (source.get("split") or {}).get("strategy")
+
+
 def split_used(data_dir: Path) -> str:
     """The split a built dataset actually has, from its own manifest (what the report states)."""
     source = json.loads((data_dir / "manifest.json").read_text()).get("source") or {}
     split = dict(source.get("split") or {})
-    used = source.get("split_strategy_used") or split.get("strategy")
+    used = strategy_used(data_dir)
     if used == "leave_last_n":
         detail = f"n_valid={split.get('n_valid')}, n_test={split.get('n_test')}"
     else:
@@ -175,40 +265,53 @@ def reusable(run_dir: Path, settings: Settings) -> bool:
     return False
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    datasets = (args.datasets or ("ml-100k" if args.quick else "ml-100k,amazon-food-kitchen")).split(",")
-    backbones = (args.backbones or ("shared_bottom,star" if args.quick else ",".join(ALL_BACKBONES))).split(
-        ","
-    )
-    seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
-    epochs = args.epochs or (2 if args.quick else 10)
-    unknown = [d for d in datasets if d not in DATASETS]
-    if unknown:
-        print(f"unknown dataset(s) {unknown}; expected {sorted(DATASETS)}", file=sys.stderr)
-        return 2
-    try:
-        data_cfgs = {name: data_config(name, args.overrides) for name in datasets}
-    except ConfigError as exc:
-        print(f"llm4msr bench ranker: error: {exc}", file=sys.stderr)
-        return 2
-    from ranker.report import find_runs, markdown, plot
+def ensure_baseline(data_dir: Path, run_dir: Path, settings: Settings) -> None:
+    """The baseline run of a dataset (reused when its dataset id, eval settings and config match)."""
+    from ranker.baseline import BaselineConfig, baseline_reusable, run_baseline
+
+    if baseline_reusable(run_dir, data_dir, settings.eval, BaselineConfig()):
+        return
+    run_baseline(data_dir, settings.eval, run_dir, overwrite=True)
+
+
+def run_protocol(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    protocol: Protocol,
+    datasets: list[str],
+    backbones: list[str],
+    seeds: list[int],
+    epochs: int,
+) -> Path:
+    """Data, knowledge, baseline and every run of one protocol, then its report -> report path."""
+    from llm4msr.atomic import write_bytes_atomic
+    from ranker.report import find_runs, markdown, plot, slice_report, summarize
     from ranker.train import train
 
+    data_cfgs = {name: data_config(name, args.overrides, protocol) for name in datasets}
     work = Path(args.work)
-    notes = []
+    notes, splits = [], []
+    trained = reused = 0
     t_start = time.perf_counter()
-    roots = {name: dataset_root(name, work, args.overrides) for name in datasets}
+    roots = {name: dataset_root(name, work, args.overrides, protocol) for name in datasets}
     for name in datasets:
         data_dir, kn_root, kn_seconds = prepare(data_cfgs[name], roots[name], args.knowledge_backend)
+        used = strategy_used(data_dir)
+        mismatch = (
+            f" **Not the {protocol.name} protocol: the data has a {used} split.**"
+            if used not in protocol.strategies
+            else ""
+        )
+        splits.append(f"- {name}: {split_used(data_dir)}.{mismatch}")
         notes.append(
-            f"- {name}: {split_used(data_dir)} (from {data_dir}/manifest.json); "
+            f"- {name}: data {data_dir}; "
             + (
                 f"knowledge snapshot built in {kn_seconds:.0f} s ({args.knowledge_backend})"
                 if kn_seconds > 1
                 else f"knowledge snapshot reused from {kn_root}"
             )
         )
+        ensure_baseline(data_dir, roots[name] / "runs" / "baseline", load_config(overrides=args.overrides))
         for backbone in backbones:
             for use_llm in (False, True):
                 for seed in seeds:
@@ -223,38 +326,45 @@ def main(argv: list[str] | None = None) -> int:
                         ]
                     )
                     if reusable(run_dir, settings):
+                        reused += 1
                         continue
                     train(settings, data_dir, kn_root if use_llm else None, run_dir, overwrite=True)
+                    trained += 1
     runs = [
         r
         for name in datasets
         for r in find_runs([roots[name] / "runs"])
-        if r.info["backbone"] in backbones and r.info["seed"] in seeds
+        if r.is_baseline or (r.info["backbone"] in backbones and r.info["seed"] in seeds)
     ]
-    from ranker.report import summarize
-
     summary = summarize(runs)
-    quick = "-quick" if args.quick else ""  # a quick run never replaces a full report
-    tag = data_tag(args.overrides)  # other data settings get their own report
-    out = Path(args.out or REPO_ROOT / "docs" / "benchmarks" / f"ranker-{'+'.join(datasets)}{tag}{quick}.md")
+    out = report_path(datasets, args.overrides, protocol, args.quick, args.out, args.protocol == "both")
     png = out.with_suffix(".png")
-    from llm4msr.atomic import write_bytes_atomic
-
-    write_bytes_atomic(png, plot(summary))
+    write_bytes_atomic(png, plot(summary, f"{protocol.label} protocol"))
     data_sets = data_overrides(args.overrides)
     train_sets = [o for o in args.overrides if o not in data_sets]
     command = "llm4msr bench ranker " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
+    intro = (
+        f"**Protocol: {protocol.name}** — {protocol.description}. Split of each dataset, read from "
+        "its manifest:\n\n" + "\n".join(splits)
+    )
     text = (
-        markdown(summary, "Ranker benchmark: backbones plain vs +LLM4MSR")
-        + f"\n![per-scenario AUC]({png.name})\n\n## How this was produced\n\n```\n{command}\n```\n\n"
+        markdown(
+            summary,
+            f"Ranker benchmark: backbones plain vs +LLM4MSR ({protocol.name} protocol)",
+            intro=intro,
+            slices=slice_report(runs),
+        )
+        + f"\n![ΔAUC per backbone and scenario]({png.name})\n\n## How this was produced\n\n```\n{command}\n```\n\n"
+        + f"Protocol {protocol.name} ({' '.join(protocol.overrides)}). "
         + f"Training config: defaults of llm4msr/config.py with train.epochs={epochs}"
         + (f" and {' '.join(train_sets)}" if train_sets else "")
         + ". Data: each dataset's adapter settings"
         + (f" with {' '.join(data_sets)}" if data_sets else "")
-        + "; the split each one actually has is listed below, read from its manifest. "
-        + f"Total wall time {time.perf_counter() - t_start:.0f} s on a 2-core machine shared with other "
+        + "; the split each one actually has is stated at the top, read from its manifest. "
+        + f"Total wall time {time.perf_counter() - t_start:.0f} s ({trained} runs trained, {reused} reused "
+        "from earlier invocations) on a 2-core machine shared with other "
         "jobs: timings are noisy; the overhead ratio compares runs measured in the same session.\n\n"
         + "\n".join(notes)
         + "\n\nInterpretation (where the knowledge helps and where it does not): "
@@ -262,6 +372,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     write_text_atomic(out, text)
     print(f"wrote {out} ({len(runs)} runs)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    datasets = (args.datasets or ("ml-100k" if args.quick else "ml-100k,amazon-food-kitchen")).split(",")
+    backbones = (args.backbones or ("shared_bottom,star" if args.quick else ",".join(ALL_BACKBONES))).split(
+        ","
+    )
+    seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
+    epochs = args.epochs or (2 if args.quick else 10)
+    unknown = [d for d in datasets if d not in DATASETS]
+    if unknown:
+        print(f"unknown dataset(s) {unknown}; expected {sorted(DATASETS)}", file=sys.stderr)
+        return 2
+    protocols = list(PROTOCOLS.values()) if args.protocol == "both" else [PROTOCOLS[args.protocol]]
+    try:  # every protocol's data settings are checked before anything is built or trained
+        for protocol in protocols:
+            for name in datasets:
+                data_config(name, args.overrides, protocol)
+    except ConfigError as exc:
+        print(f"llm4msr bench ranker: error: {exc}", file=sys.stderr)
+        return 2
+    for protocol in protocols:
+        run_protocol(args, argv, protocol, datasets, backbones, seeds, epochs)
     return 0
 
 

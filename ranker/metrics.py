@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -189,3 +190,44 @@ def aggregate(results: list[dict[str, Any]], keys: tuple[str, ...] | None = None
             for key in keys
         }
     return out
+
+
+@dataclass(frozen=True)
+class MeanDiff:
+    """`b − a` of two seed means (e.g. +LLM4MSR minus plain) with its Welch standard error.
+
+    The two variants are trained independently per seed, so the seeds are not paired: the SE of the
+    difference of means is sqrt(s_a²/n_a + s_b²/n_b) (Welch). `se` is NaN when either side has fewer
+    than two seeds (no spread to estimate). `spread` is the larger of the two seed stds.
+    """
+
+    delta: float
+    se: float
+    spread: float
+    n_a: int
+    n_b: int
+
+    @property
+    def has_se(self) -> bool:
+        return self.n_a >= 2 and self.n_b >= 2 and math.isfinite(self.se)
+
+    def worse_by_spread(self) -> bool | None:
+        """b below a by more than one seed std (the "never worse" criterion); None without spread."""
+        if not self.has_se or not math.isfinite(self.delta):
+            return None
+        return self.delta < -self.spread
+
+    def beats_by_se(self, k: float = 2.0) -> bool | None:
+        """b above a by more than k standard errors; None without an SE."""
+        if not self.has_se or not math.isfinite(self.delta):
+            return None
+        return self.delta > k * self.se
+
+
+def mean_diff(a: tuple[float, float, int], b: tuple[float, float, int]) -> MeanDiff:
+    """`b − a` for two `mean_std` results (mean, sample std, n) with the Welch SE (see MeanDiff)."""
+    (ma, sa, na), (mb, sb, nb) = a, b
+    if na == 0 or nb == 0:
+        return MeanDiff(float("nan"), float("nan"), float("nan"), na, nb)
+    se = math.sqrt(sa**2 / na + sb**2 / nb) if na >= 2 and nb >= 2 else float("nan")
+    return MeanDiff(float(mb - ma), se, float(max(sa, sb)), na, nb)

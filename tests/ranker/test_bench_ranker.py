@@ -1,0 +1,88 @@
+"""`llm4msr bench ranker`: protocols, and one tiny end-to-end run of both (random-vector knowledge
+instead of the LLM, one epoch of a tiny model) whose reports have the baseline, ΔAUC with SE,
+verdicts, slices and the ΔAUC plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import bench.ranker as bench
+from bench.ranker import PROTOCOLS, data_config, dataset_root, main, report_path
+from llm4msr.config import ConfigError
+from ranker.baseline import BASELINE_VARIANT
+from ranker.report import LLM, find_runs, slice_report
+from ranker.slices import SCENARIOS, run_slice_aucs, train_rows
+from tests.ranker.helpers import FAST_TRAIN, make_snapshot
+
+
+def test_protocols_map_to_their_splits():
+    rnd = data_config("ml-100k", [], PROTOCOLS["random"]).split
+    assert (rnd.strategy, rnd.valid_ratio, rnd.test_ratio) == ("random", 0.1, 0.1)
+    tmp = data_config("ml-100k", [], PROTOCOLS["temporal"]).split
+    assert (tmp.strategy, tmp.n_valid, tmp.n_test) == ("leave_last_n", 1, 1)
+    assert tmp == data_config("ml-100k", []).split  # temporal = the adapter defaults (data reused)
+    # a --set that only refines the protocol's split is fine; one that contradicts it is refused
+    assert data_config("ml-100k", ["data.split.test_ratio=0.2"], PROTOCOLS["random"]).split.test_ratio == 0.2
+    with pytest.raises(ConfigError, match="use --protocol random"):
+        data_config("ml-100k", ["data.split.strategy=random"], PROTOCOLS["temporal"])
+    # own folders and reports; temporal keeps the names reports had before protocols existed
+    assert dataset_root("ml-100k", Path("w"), [], PROTOCOLS["temporal"]) == Path("w/ml-100k")
+    assert dataset_root("ml-100k", Path("w"), [], PROTOCOLS["random"]) == Path("w/ml-100k-random")
+    names = [report_path(["ml-100k"], [], p, True, None, False).name for p in PROTOCOLS.values()]
+    assert names == ["ranker-ml-100k-quick.md", "ranker-ml-100k-random-quick.md"]
+    assert report_path(["d"], [], PROTOCOLS["random"], False, "x/r.md", True) == Path("x/r-random.md")
+
+
+def test_contradicting_split_fails_before_anything_runs(capsys):
+    assert main(["--quick", "--protocol", "both", "--set", "data.split.strategy=random"]) == 2
+    assert "contradicts --protocol temporal" in capsys.readouterr().err
+
+
+def test_bench_both_protocols_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setitem(bench.DATASETS, "tiny", {"dataset": "synthetic", "path": None})
+
+    def fake_knowledge(data_dir, root, cfg, *a, **kw):  # random vectors, recording the data id
+        return make_snapshot(Path(root), Path(data_dir), dim=16, drop_users=0)
+
+    monkeypatch.setattr("knowledge_service.runner.build_knowledge", fake_knowledge)
+    sets = [
+        "data.synthetic.n_users=40",
+        "data.synthetic.n_items=30",
+        "data.synthetic.n_interactions=1500",
+        *FAST_TRAIN,
+    ]
+    argv = ["--datasets", "tiny", "--backbones", "shared_bottom", "--seeds", "0,1", "--epochs", "1"]
+    argv += ["--protocol", "both", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "rep.md")]
+    assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    for proto, split in (("temporal", "split leave_last_n"), ("random", "split random (valid_ratio=0.1")):
+        md = (tmp_path / f"rep-{proto}.md").read_text()
+        assert f"**Protocol: {proto}**" in md and split in md
+        assert f"| {BASELINE_VARIANT} | **overall** |" in md
+        assert "| shared_bottom | plain | **overall** |" in md and "| shared_bottom | +LLM4MSR |" in md
+        assert "ΔAUC ± SE" in md and "## Verdict per backbone" in md and "beats plain overall" in md
+        assert "## Slices where knowledge should matter" in md and "| history 0 |" in md
+        assert "multi-scenario user" in md
+        assert (tmp_path / f"rep-{proto}.png").read_bytes()[:4] == b"\x89PNG"
+    work = tmp_path / "work"
+    assert {p.name for p in work.iterdir()} == {
+        f"tiny{bench.data_tag(sets)}",
+        f"tiny-random{bench.data_tag(sets)}",
+    }
+    assert (work / f"tiny-random{bench.data_tag(sets)}" / "runs" / "baseline" / "run.json").is_file()
+    # the slice table aggregates each run's own slice AUCs over seeds and pairs them with plain
+    runs = find_runs([work / f"tiny{bench.data_tag(sets)}" / "runs"])
+    rows = {(s.family, s.name): s for s in slice_report(runs).rows}
+    multi = rows[(SCENARIOS, "2+")]
+    train = train_rows(runs[0].info["dataset"]["path"])
+    per_run = {
+        r.info["seed"] if not r.is_baseline else "baseline": {
+            (s.family, s.name): s.auc for s in run_slice_aucs(r.path, train)
+        }[(SCENARIOS, "2+")]
+        for r in runs
+        if r.is_baseline or r.variant == LLM
+    }
+    assert multi.other is not None and multi.other[0] == pytest.approx((per_run[0] + per_run[1]) / 2)
+    assert multi.baseline == pytest.approx(per_run["baseline"])
+    assert multi.diff is not None and multi.diff.n_a == multi.diff.n_b == 2
