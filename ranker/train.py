@@ -268,6 +268,13 @@ def _fit(
                 log.info("early stop after epoch %d (best %d)", epoch, best_epoch)
                 break
     assert best_state is not None
+    if best_epoch == cfg.epochs and cfg.epochs > 1:
+        log.warning(
+            "lr=%g: the best validation AUC is at the last epoch (%d): the model may not have converged; "
+            "compare variants only when both converged (raise train.epochs)",
+            lr,
+            best_epoch,
+        )
     model.load_state_dict(best_state)
     model.eval()
     return model, history, best_epoch, best_auc
@@ -361,6 +368,8 @@ def train(
         metrics = {
             "epochs": history,
             "best_epoch": best_epoch,
+            # the best epoch is the last one: validation AUC was still rising (maybe not converged)
+            "best_is_last_epoch": best_epoch == len(history) == cfg.epochs,
             "best_valid_auc": best_auc,
             "lr": lr,
             "lr_sweep": sweep if len(lrs) > 1 else [],

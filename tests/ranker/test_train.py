@@ -22,6 +22,7 @@ RUN_FILES = {
     "run.json",
     "metrics.json",
     "predictions.parquet",
+    "valid_predictions.parquet",
     "checkpoints",
 }
 
@@ -43,6 +44,7 @@ def test_run_directory_is_complete(star_run, tiny_data):
     assert info["fallback"]["users"] == pytest.approx(5 / 60)  # the snapshot leaves 5 of 60 users out
     metrics = json.loads((out / "metrics.json").read_text())
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    assert metrics["best_is_last_epoch"] == (metrics["best_epoch"] == 2)
     assert set(metrics["final"]["per_scenario"]) == {"s0", "s1", "s2"}
     for m in metrics["final"]["per_scenario"].values():
         assert 0.0 <= m["auc"] <= 1.0 and m["logloss"] > 0 and m["recall@10"] >= 0
