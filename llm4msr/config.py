@@ -185,6 +185,11 @@ class TrainConfig(Section):
     # rows that are valid/test here) is refused. True trains anyway, for experiments only; run.json
     # and the exported manifest then record it (knowledge.foreign = true).
     allow_foreign_knowledge: bool = False
+    # Do-no-harm selection (ranker/selection.py): "auto" trains the plain backbone beside +LLM4MSR and
+    # keeps +LLM4MSR only if its validation AUC is higher by more than select_min_z DeLong standard
+    # errors (train flow and `llm4msr train --select auto`); "fixed" trains what use_llm says.
+    select: Literal["fixed", "auto"] = "fixed"
+    select_min_z: float = Field(2.0, ge=0.0)
     # torch intra-op threads. 1 by default: these models are small, a second thread gains little on an
     # idle machine and under CPU contention made epochs 10-50x slower (docs/ranker.md, Threads).
     threads: int = Field(1, ge=1)

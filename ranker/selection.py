@@ -11,6 +11,7 @@ same on 10k or 10M validation rows. Test rows are never looked at.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ import numpy as np
 import polars as pl
 
 from ranker.model_io import VALID_PREDICTIONS_FILE
+
+log = logging.getLogger(__name__)
 
 PLAIN, LLM = "plain", "llm4msr"
 KEYS = ["user_id", "item_id", "scenario_id"]
@@ -107,3 +110,40 @@ def select_variant(plain_run: str | Path, llm_run: str | Path, min_z: float) -> 
         f"{delta / se if se > 0 else float('inf'):.1f} SE, {verdict} the {min_z:g} SE bar: keeping {keep}"
     )
     return VariantDecision(keep, plain_auc, llm_auc, delta, se, min_z, a.height, reason)
+
+
+@dataclass
+class SelectedRun:
+    """`train_selected`'s result: both candidate runs, the decision and the kept run folder."""
+
+    plain: Any  # ranker.train.RunResult
+    llm: Any  # ranker.train.RunResult
+    decision: VariantDecision
+
+    @property
+    def kept(self) -> Any:
+        return self.llm if self.decision.keep == LLM else self.plain
+
+
+SELECTION_FILE = "selection.json"
+
+
+def train_selected(
+    settings: Any, data_dir: str | Path, knowledge: str | Path, out: str | Path, *, overwrite: bool = False
+) -> SelectedRun:
+    """Train plain and +LLM4MSR (same seed) into OUT/plain and OUT/llm4msr, decide on validation, and
+    write OUT/selection.json (the decision and the kept run). `settings.train.use_llm` is ignored."""
+    from llm4msr.atomic import write_json_atomic
+    from ranker.train import train
+
+    out = Path(out)
+    runs = {}
+    for name, use_llm in ((PLAIN, False), (LLM, True)):
+        s = settings.model_copy(deep=True)
+        s.train.use_llm = use_llm
+        runs[name] = train(s, data_dir, knowledge if use_llm else None, out / name, overwrite=overwrite)
+    decision = select_variant(runs[PLAIN].run_dir, runs[LLM].run_dir, settings.train.select_min_z)
+    result = SelectedRun(runs[PLAIN], runs[LLM], decision)
+    write_json_atomic(out / SELECTION_FILE, decision.to_dict() | {"kept_run": str(result.kept.run_dir)})
+    log.info("selection: %s", decision.reason)
+    return result

@@ -45,6 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N,N,...",
         help="train once per seed into RUN_DIR/seed_N (for mean ± std in `llm4msr report`)",
     )
+    p.add_argument(
+        "--select",
+        choices=["fixed", "auto"],
+        help="auto: also train the plain backbone into RUN_DIR/plain (+LLM4MSR into RUN_DIR/llm4msr) and "
+        "keep +LLM4MSR only if it beats plain on validation by more than train.select_min_z standard "
+        "errors; the decision goes to RUN_DIR/selection.json (default: train.select)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create")
     p.set_defaults(handler=_train)
@@ -68,6 +75,8 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append(f"train.backbone={args.backbone}")
     if args.no_llm:
         overrides.append("train.use_llm=false")
+    if args.select:
+        overrides.append(f"train.select={args.select}")
     settings = load_config(args.config, overrides)
     data = Path(args.data or settings.data.out)
     if not data.is_dir():
@@ -88,6 +97,15 @@ def _train(args: argparse.Namespace) -> int:
         else [args.seed if args.seed is not None else settings.train.seed]
     )
     out = Path(args.out)
+    select = settings.train.select == "auto"
+    if select and (not settings.train.use_llm or args.seeds):
+        raise UserError("--select auto compares plain with +LLM4MSR for one seed: drop --no-llm / --seeds")
+    if select:
+        from ranker.selection import train_selected
+
+        chosen = train_selected(settings, data, knowledge, out, overwrite=args.overwrite)
+        print(f"{out}: {chosen.decision.reason} -> {chosen.kept.run_dir}")
+        return 0
     for seed in seeds:
         s = settings.model_copy(deep=True)
         s.train.seed = seed

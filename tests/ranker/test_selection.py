@@ -64,3 +64,22 @@ def test_select_variant_on_runs(tiny_data, tiny_knowledge, tmp_path):
     assert select_variant(plain.run_dir, llm.run_dir, min_z=1e9).keep == PLAIN
     # the same run against itself: Δ = 0, never beyond noise
     assert select_variant(plain.run_dir, plain.run_dir, min_z=0.0).keep == PLAIN
+
+
+def test_cli_select_auto_trains_both_and_records_the_decision(tmp_path, tiny_data, tiny_knowledge, capsys):
+    import json
+
+    from pipelines.cli import main as cli
+    from tests.ranker.helpers import FAST_TRAIN
+
+    sets = [a for s in FAST_TRAIN for a in ("--set", s)]
+    out = tmp_path / "sel"
+    args = ["train", "--data", str(tiny_data), "--knowledge", str(tiny_knowledge), *sets, "--select", "auto"]
+    assert cli([*args, "--out", str(out)]) == 0
+    decision = json.loads((out / "selection.json").read_text())
+    assert decision["keep"] in (PLAIN, LLM)
+    assert decision["kept_run"] == str(out / decision["keep"])
+    assert (out / PLAIN / "model.safetensors").is_file() and (out / LLM / "model.safetensors").is_file()
+    assert json.loads((out / PLAIN / "run.json").read_text())["use_llm"] is False
+    assert "validation AUC" in capsys.readouterr().out
+    assert cli([*args, "--seeds", "0,1", "--out", str(tmp_path / "x")]) == 2
