@@ -4,8 +4,10 @@
 dynamo exporter (falling back to the legacy TorchScript exporter when dynamo fails or its graph
 fails parity), reads the graph's actual inputs (a --no-llm model may drop the knowledge inputs),
 checks onnxruntime against PyTorch on batches of 1, 2, 7 and 512 rows (one scenario and mixed
-scenarios, with fallback-knowledge rows) and writes the model directory (contract 5, layout in
-`ranker.serving.artifact`) atomically: a model that fails parity leaves nothing at `out_dir`.
+scenarios, with fallback-knowledge rows), both measured against the model's float64 evaluation
+(`check_parity`: the tolerance is sized by the model's own float32 rounding, see there), and
+writes the model directory (contract 5, layout in `ranker.serving.artifact`) atomically: a model that
+fails parity leaves nothing at `out_dir`.
 
 Optional float16 / int8 variants are written under `variants/` with their size, their largest
 score difference and their AUC change on (a sample of) the validation split.
@@ -81,8 +83,8 @@ class ExportReport:
         lines = [
             f"exported {self.model_dir} with the {self.exporter} exporter in {self.seconds:.1f}s",
             f"inputs: {', '.join(i['name'] for i in self.inputs)}",
-            f"parity: max |onnx - torch| = {self.parity['max_abs_diff']:.2e} over {len(self.parity['cases'])} "
-            f"batches (tolerance {self.parity['atol']:.0e}) -> {'passed' if self.parity['passed'] else 'FAILED'}",
+            f"parity: {parity_line(self.parity)} over {len(self.parity['cases'])} batches "
+            f"-> {'passed' if self.parity['passed'] else 'FAILED'}",
         ]
         for name, v in self.variants.items():
             auc = "" if v.get("auc_delta") is None else f", AUC change {v['auc_delta']:+.5f}"
@@ -90,6 +92,19 @@ class ExportReport:
                 f"variant {name}: {v['bytes'] / 1e6:.2f} MB, max |diff| {v['max_abs_diff']:.2e}{auc}"
             )
         return "\n".join(lines)
+
+
+def parity_line(parity: dict[str, Any]) -> str:
+    """One line for logs and errors: both differences and the tolerance they were held to."""
+    line = f"max |onnx - torch| = {parity['max_abs_diff']:.2e}"
+    if parity.get("reference") == "float64":
+        line += (
+            f", max |onnx - float64| = {parity['max_abs_error']:.2e} (tolerance {parity['tolerance']:.2e} = "
+            f"atol {parity['atol']:.0e} + {parity['noise_factor']:g} x float32 noise {parity['float32_noise']:.2e})"
+        )
+    else:
+        line += f" (tolerance {parity.get('tolerance', parity['atol']):.0e}, no float64 reference)"
+    return line
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -159,37 +174,112 @@ def parity_cases(cfg: ExportConfig) -> list[tuple[int, bool, str]]:
     return cases
 
 
+# Parity is judged against the model's own float64 evaluation (same weights, inputs cast exactly), not
+# against PyTorch's float32 scores: onnxruntime and PyTorch add the same terms in other orders (MLAS vs
+# oneDNN/MKL kernels, fused ops, AVX2 vs AVX-512 blockings), and the float32 error of a sum scales
+# with the size of its terms, not of its result. A model whose logits come out of large cancelling
+# terms (hundreds) can differ by more than 1e-5 between two correct float32 evaluations. The
+# allowance is measured, not guessed: PyTorch float32's own distance from float64 on the same rows.
+PARITY_NOISE_FACTOR = 8.0  # ORT's worst error vs PyTorch's: measured <= 4x on an ill-conditioned model
+PARITY_MAX_TOLERANCE_FACTOR = 100.0  # beyond atol x this, float32 cannot tell a bug from rounding
+
+
+def float64_copy(model: nn.Module) -> nn.Module:
+    """A float64 copy of the model: the reference both float32 evaluations are measured against."""
+    import copy
+
+    return copy.deepcopy(model).double().eval()
+
+
+def torch_scores64(model64: nn.Module, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Scores of a float64 copy; float32 inputs are widened (exactly), integer ids kept."""
+    feed = {
+        k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64 if v.dtype.kind == "f" else v.dtype))
+        for k, v in inputs.items()
+    }
+    with torch.no_grad():
+        out = model64(**feed)
+    return out.detach().cpu().numpy().astype(np.float64).reshape(-1)
+
+
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    if a.shape != b.shape or not np.isfinite(a).all():
+        return float("inf")
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+
+
 def check_parity(
     model: nn.Module, onnx_path: Path, source: ExportSource, cfg: ExportConfig
 ) -> dict[str, Any]:
+    """onnxruntime vs PyTorch on every parity case (see PARITY_NOISE_FACTOR for why).
+
+    Passes when every row has |onnxruntime - PyTorch float32| <= atol (the plain gate), or
+    |onnxruntime - float64| <= tolerance = atol + PARITY_NOISE_FACTOR * noise, where noise is the
+    largest |PyTorch float32 - float64| over all cases. A well-conditioned model has noise ~1e-7, so
+    its gate stays at about atol; the tolerance may not exceed atol * PARITY_MAX_TOLERANCE_FACTOR
+    (beyond that the result says the model is unstable in float32). Without a float64 reference (a
+    model that cannot run in float64) only the plain gate applies.
+    """
     sess = A.open_session(onnx_path, 1, 1)
+    try:
+        model64: nn.Module | None = float64_copy(model)
+        reference, reference_error = "float64", None
+    except Exception as exc:  # noqa: BLE001 - any failure: fall back to the plain float32 comparison
+        model64, reference, reference_error = None, "float32", f"{type(exc).__name__}: {exc}"[:500]
     results = []
     for i, (b, mixed, fb) in enumerate(parity_cases(cfg)):
         x = make_inputs(source, b, mixed=mixed, fallback=fb, seed=cfg.parity_seed + i)
         ref, got = torch_scores(model, x), onnx_scores(sess, x)
-        if got.shape != ref.shape:
-            diff = float("inf")
-        else:
-            diff = float(np.max(np.abs(got - ref))) if b else 0.0
-            if not np.isfinite(got).all():
-                diff = float("inf")
-        results.append(
-            {
-                "batch": b,
-                "scenarios": "mixed" if mixed else "single",
-                "fallback": fb,
-                "max_abs_diff": diff,
-                "shape": list(got.shape),
-            }
-        )
-    worst = max(r["max_abs_diff"] for r in results)
-    return {
+        case: dict[str, Any] = {
+            "batch": b,
+            "scenarios": "mixed" if mixed else "single",
+            "fallback": fb,
+            "max_abs_diff": _max_abs(got, ref),  # onnxruntime vs PyTorch float32
+            "shape": list(got.shape),
+        }
+        if model64 is not None:
+            try:
+                exact = torch_scores64(model64, x)
+            except Exception as exc:  # noqa: BLE001 - e.g. an op without a float64 kernel
+                model64, reference, reference_error = None, "float32", f"{type(exc).__name__}: {exc}"[:500]
+            else:
+                case["max_abs_error"] = _max_abs(got, exact)  # onnxruntime vs float64
+                case["float32_noise"] = _max_abs(ref, exact)  # PyTorch float32 vs float64
+        results.append(case)
+    worst_diff = max(r["max_abs_diff"] for r in results)
+    out: dict[str, Any] = {
         "atol": cfg.parity_atol,
-        "max_abs_diff": worst,
-        "passed": bool(worst <= cfg.parity_atol),
+        "max_abs_diff": worst_diff,
+        "reference": reference,
         "dtype": "float32",
         "cases": results,
     }
+    if model64 is None:
+        for r in results:  # a reference that failed part-way: no half-filled columns
+            r.pop("max_abs_error", None)
+            r.pop("float32_noise", None)
+        out.update(tolerance=cfg.parity_atol, passed=bool(worst_diff <= cfg.parity_atol))
+        out["reference_error"] = reference_error
+        return out
+    noise = max(r["float32_noise"] for r in results)
+    worst = max(r["max_abs_error"] for r in results)
+    tolerance = cfg.parity_atol + PARITY_NOISE_FACTOR * noise
+    cap = cfg.parity_atol * PARITY_MAX_TOLERANCE_FACTOR
+    out.update(
+        max_abs_error=worst,
+        float32_noise=noise,
+        noise_factor=PARITY_NOISE_FACTOR,
+        tolerance=tolerance,
+        passed=bool(worst_diff <= cfg.parity_atol or worst <= tolerance <= cap),
+    )
+    if not out["passed"] and tolerance > cap:
+        out["reason"] = (
+            f"the model is numerically unstable in float32: PyTorch's own float32 scores differ from "
+            f"float64 by {noise:.2e}, so a tolerance of {tolerance:.2e} (above {cap:.0e}) would be needed "
+            "and an export bug could not be told from rounding; retrain (check for logits of very large "
+            "magnitude) or raise export.parity_atol knowingly"
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------- exporters
@@ -344,11 +434,21 @@ def build_variants(tmp: Path, source: ExportSource, cfg: ExportConfig) -> dict[s
 
 
 # ---------------------------------------------------------------------------- the export path
+def _attempt_detail(attempt: dict[str, Any]) -> str:
+    if "max_abs_diff" not in attempt:
+        return attempt["error"][:300]
+    text = f"max |diff| {attempt['max_abs_diff']:.3e}"
+    if attempt.get("max_abs_error") is not None:
+        text += f", max |onnx - float64| {attempt['max_abs_error']:.3e}"
+    text += f" > tolerance {attempt['tolerance']:.3e}"
+    return text + (f" ({attempt['reason']})" if attempt.get("reason") else "")
+
+
 def export_source(
     source: ExportSource, out_dir: str | Path, cfg: ExportConfig, *, overwrite: bool = False
 ) -> ExportReport:
     """Export, check parity, write the model directory atomically. Raises ParityError (nothing
-    published) when no exporter produces a graph within `cfg.parity_atol` of PyTorch."""
+    published) when no exporter produces a graph that passes `check_parity`."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -378,18 +478,20 @@ def export_source(
                 )
                 continue
             attempts.append(
-                {"exporter": name, "ok": parity["passed"], "max_abs_diff": parity["max_abs_diff"]}
+                {
+                    "exporter": name,
+                    "ok": parity["passed"],
+                    "max_abs_diff": parity["max_abs_diff"],
+                    "max_abs_error": parity.get("max_abs_error"),
+                    "tolerance": parity["tolerance"],
+                    **({"reason": parity["reason"]} if "reason" in parity else {}),
+                }
             )
             if parity["passed"]:
                 path.rename(onnx_path)
                 chosen = (name, inputs, outputs, parity)
                 break
-            log.warning(
-                "%s exporter: parity failed (max |diff| %.3e > %.0e)",
-                name,
-                parity["max_abs_diff"],
-                cfg.parity_atol,
-            )
+            log.warning("%s exporter: parity failed: %s", name, parity.get("reason") or parity_line(parity))
         for name in order:
             d = tmp / f".try-{name}"
             if d.exists():
@@ -397,15 +499,11 @@ def export_source(
                     p.unlink()
                 d.rmdir()
         if chosen is None:
-            detail = "; ".join(
-                f"{a['exporter']}: "
-                + (f"max |diff| {a['max_abs_diff']:.3e}" if "max_abs_diff" in a else a["error"][:300])
-                for a in attempts
-            )
+            detail = "; ".join(f"{a['exporter']}: {_attempt_detail(a)}" for a in attempts)
             cls = ParityError if any("max_abs_diff" in a for a in attempts) else ExportError
             raise cls(
-                f"refusing to publish {out_dir}: no exporter produced a model within "
-                f"{cfg.parity_atol:.0e} of PyTorch ({detail})"
+                f"refusing to publish {out_dir}: no exporter produced a model that agrees with PyTorch "
+                f"(export.parity_atol {cfg.parity_atol:.0e}; {detail})"
             )
         exporter, inputs, outputs, parity = chosen
         dropped = [n for n in A.ALL_INPUTS if n not in [i["name"] for i in inputs]]
