@@ -104,16 +104,28 @@ def train_ranker(
     train_digest: str,
     runs_dir: str,
 ) -> dict[str, Any]:
-    """Train backbone + meta networks; returns the run folder (contract 4)."""
+    """Train backbone + meta networks; returns the run folder (contract 4). With train.select=auto
+    both variants are trained and the one kept on validation is returned, with the decision."""
     from ranker.train import train
 
     settings = load_settings(config, overrides)
     out = Path(runs_dir) / f"flow-{time.strftime('%Y%m%dT%H%M%S')}-{train_digest[:8]}"
     t0 = time.perf_counter()
-    result = train(settings, Path(dataset_dir), knowledge_dir, out)
-    run_dir = Path(getattr(result, "run_dir", None) or getattr(result, "path", None) or out)
+    selection = None
+    if settings.train.select == "auto" and settings.train.use_llm and knowledge_dir is not None:
+        from ranker.selection import train_selected
+
+        chosen = train_selected(settings, Path(dataset_dir), knowledge_dir, out)
+        run_dir, selection = chosen.kept.run_dir, chosen.decision.to_dict()
+        run_logger().info("selection: %s", chosen.decision.reason)
+    else:
+        run_dir = train(settings, Path(dataset_dir), knowledge_dir, out).run_dir
     run_logger().info("trained %s in %.1fs -> %s", settings.train.backbone, time.perf_counter() - t0, run_dir)
-    return {"run_dir": str(run_dir), "weights_sha256": file_digest(run_dir / "model.safetensors")}
+    return {
+        "run_dir": str(run_dir),
+        "weights_sha256": file_digest(Path(run_dir) / "model.safetensors"),
+        "selection": selection,
+    }
 
 
 @task(name="evaluate-run", persist_result=False)
@@ -260,6 +272,8 @@ def train_flow(config: str | None = None, overrides: list[str] | None = None) ->
         "parity_max_abs_diff": exp["parity"].get("max_abs_diff"),
         "train_config_digest": train_digest,
         "final_metrics": ev["final"],
+        # train.select=auto: which variant was kept and the validation numbers that decided it
+        "selection": run.get("selection"),
     }
     with timer.stage("register"):
         reg = with_config(register_model, settings)(

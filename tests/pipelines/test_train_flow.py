@@ -91,3 +91,30 @@ def test_train_flow_refuses_knowledge_of_another_split(nightly_run: dict, tmp_pa
     assert read_version(data) in str(exc.value) and snapshot_version in str(exc.value)
     assert "train.allow_foreign_knowledge" in str(exc.value)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_train_flow_select_auto_records_the_decision(
+    nightly_run: dict, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    """train.select=auto trains plain beside +LLM4MSR; the kept run is exported and registered, and
+    the decision (validation AUCs, Δ, SE) is in the report and the registry entry."""
+    import shutil
+
+    from pipelines.flows.train import train_flow
+    from ranker.selection import LLM, PLAIN
+
+    shutil.copytree(nightly_run["root"] / "knowledge", tmp_path / "knowledge")
+    cfg = write_flow_config(tmp_path, tiny_data_dir, train={"lr": 0.01, "epochs": 2, "select": "auto"})
+    report = train_flow(config=str(cfg))
+    sel = report["run"]["selection"]
+    assert sel["keep"] in (PLAIN, LLM) and sel["se"] > 0
+    assert sel["keep"] == (LLM if sel["delta"] > sel["min_z"] * sel["se"] else PLAIN)
+    run_dir = Path(report["run"]["run_dir"])
+    assert run_dir.name == sel["keep"] and (run_dir.parent / "selection.json").is_file()
+    assert json.loads((run_dir / "run.json").read_text())["use_llm"] is (sel["keep"] == LLM)
+    assert report["evaluation"]["valid_auc"] == pytest.approx(
+        sel["llm_valid_auc"] if sel["keep"] == LLM else sel["plain_valid_auc"]
+    )
+    if report["registered"]:
+        entry = ModelRegistry(tmp_path / "registry").entry(report["registry"]["model_id"])
+        assert entry["selection"]["keep"] == sel["keep"]
