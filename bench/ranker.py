@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         ","
     )
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
-    epochs = args.epochs or (2 if args.quick else 10)
+    epochs = args.epochs or (2 if args.quick else load_config().train.epochs)
     unknown = [d for d in datasets if d not in DATASETS]
     if unknown:
         print(f"unknown dataset(s) {unknown}; expected {sorted(DATASETS)}", file=sys.stderr)
