@@ -3,7 +3,8 @@ and `feature_refresh` (re-encode only what changed, under the current snapshot's
 
 The heavy lifting is `knowledge_service.runner` (plan / encode_shard / assemble) and
 `feature_store.materialize`; these flows add orchestration: one Prefect task per stage and per
-shard, retries and timeouts from the config, content-hash cache keys, a per-stage timing report,
+shard, retries and timeouts from the config, content-hash cache keys (results cached as plain JSON,
+never pickled: `common.cached_result`), a per-stage timing report,
 and a task runner (threads or a Dask cluster) chosen by `pipelines.task_runner`.
 
 Idempotency and atomicity come from the parts themselves and are relied on here:
@@ -28,12 +29,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from llm4msr.config import DataConfig, KnowledgeConfig, Settings, StoreConfig
 from llm4msr.secrets import export_password, redact_tree
 from pipelines.flows.common import (
+    RESULT_SERIALIZER,
     StageTimer,
-    cache_on,
+    cached_result,
     fail_shard_hook,
     file_digest,
     folder_digest,
     load_settings,
+    results_folder,
     run_logger,
     with_config,
     write_report,
@@ -167,12 +170,23 @@ def plan_knowledge(
     return summary
 
 
-@task(name="encode-shard", cache_key_fn=cache_on("run_key", "plan_sha256", "shard_index"))
-def encode_shard(shard_index: int, run_key: str, plan_path: str, plan_sha256: str | None) -> dict[str, Any]:
+def _shard_file_changed(result: dict[str, Any]) -> str | None:
+    """A cached shard result holds only while its committed file is still there, unchanged."""
+    path = result.get("path") if isinstance(result, dict) else None
+    if not path or file_digest(path) != result.get("sha256"):
+        return f"shard file {path} is missing or changed"
+    return None
+
+
+@task(name="encode-shard", persist_result=False)
+@cached_result("run_key", "plan_sha256", "shard_index", check=_shard_file_changed)
+def encode_shard(
+    shard_index: int, run_key: str, plan_path: str, plan_sha256: str | None, results_dir: str
+) -> dict[str, Any]:
     """Encode one shard with the process's cached LLM backend; the shard file is committed atomically.
 
-    Cached on (run key, plan hash, shard): a re-run of an interrupted run skips finished shards
-    (the runner also skips shards whose committed file matches the plan).
+    Cached on (run key, plan hash, shard) as JSON in `results_dir`: a re-run of an interrupted run
+    skips finished shards (the runner also skips shards whose committed file matches the plan).
     """
     from knowledge_service import runner
 
@@ -305,7 +319,7 @@ def make_task_runner(settings: Settings) -> Any:
     return ThreadPoolTaskRunner(max_workers=p.max_workers)
 
 
-@flow(name="encode-knowledge-shards")
+@flow(name="encode-knowledge-shards", persist_result=False, result_serializer=RESULT_SERIALIZER)
 def encode_shards(
     config: str | None, overrides: list[str] | None, plan: dict[str, Any]
 ) -> list[dict[str, Any]]:
@@ -316,6 +330,7 @@ def encode_shards(
         run_key=unmapped(plan["run_key"]),
         plan_path=unmapped(plan["plan_path"]),
         plan_sha256=unmapped(plan["plan_sha256"]),
+        results_dir=unmapped(results_folder(settings)),
     )
     return [f.result() for f in futures]
 
@@ -421,7 +436,7 @@ def _check_refresh_rules(settings: Settings, base_id: str | None) -> None:
 
 
 # --------------------------------------------------------------------------- flows
-@flow(name="nightly-knowledge", log_prints=True)
+@flow(name="nightly-knowledge", log_prints=True, persist_result=False, result_serializer=RESULT_SERIALIZER)
 def nightly_knowledge(
     config: str | None = None,
     overrides: list[str] | None = None,
@@ -436,7 +451,7 @@ def nightly_knowledge(
     return _run_knowledge(config, overrides, full, refresh=False, materialize=materialize)
 
 
-@flow(name="feature-refresh", log_prints=True)
+@flow(name="feature-refresh", log_prints=True, persist_result=False, result_serializer=RESULT_SERIALIZER)
 def feature_refresh(
     config: str | None = None, overrides: list[str] | None = None, materialize: bool = True
 ) -> dict[str, Any]:

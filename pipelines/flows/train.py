@@ -6,7 +6,8 @@ before any training); `train.allow_foreign_knowledge` goes ahead and the registr
 
 Tasks pass run/model folders and content hashes. `train-ranker` is cached on (dataset content id,
 snapshot manifest hash, train/eval config), so re-running the flow on unchanged inputs reuses the
-run instead of training again; `export-model` is cached on the run's weights hash.
+run instead of training again; `export-model` is cached on the run's weights hash. Both store their
+result as plain JSON in `pipelines.results_dir` (`common.cached_result`); Prefect persists no task result.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from prefect import flow, task
 
 from llm4msr.config import ExportConfig, Settings
 from pipelines.flows.common import (
+    RESULT_SERIALIZER,
     StageTimer,
-    cache_on,
+    cached_result,
     file_digest,
     folder_digest,
     load_settings,
+    results_folder,
     run_logger,
     section_digest,
     with_config,
@@ -93,7 +96,24 @@ def check_knowledge_dataset(dataset_dir: str, snapshot_dir: str, allow_foreign: 
         ) from exc
 
 
-@task(name="train-ranker", cache_key_fn=cache_on("dataset_digest", "knowledge_digest", "train_digest"))
+def _run_changed(result: dict[str, Any]) -> str | None:
+    """A cached training run holds only while its weights are still the ones it recorded."""
+    run_dir = result.get("run_dir") if isinstance(result, dict) else None
+    if not run_dir or file_digest(Path(run_dir) / "model.safetensors") != result.get("weights_sha256"):
+        return f"the weights of run {run_dir} are missing or changed"
+    return None
+
+
+def _export_gone(result: dict[str, Any]) -> str | None:
+    """A cached export holds only while its model folder is still there."""
+    model_dir = result.get("model_dir") if isinstance(result, dict) else None
+    if not model_dir or not (Path(model_dir) / "manifest.json").is_file():
+        return f"the exported model {model_dir} is missing"
+    return None
+
+
+@task(name="train-ranker", persist_result=False)
+@cached_result("dataset_digest", "knowledge_digest", "train_digest", check=_run_changed)
 def train_ranker(
     config: str | None,
     overrides: list[str] | None,
@@ -103,9 +123,11 @@ def train_ranker(
     knowledge_digest: str | None,
     train_digest: str,
     runs_dir: str,
+    results_dir: str,
 ) -> dict[str, Any]:
-    """Train backbone + meta networks; returns the run folder (contract 4). With train.select=auto
-    both variants are trained and the one kept on validation is returned, with the decision."""
+    """Train backbone + meta networks; returns the run folder (contract 4), cached as JSON. With
+    train.select=auto both variants are trained and the one kept on validation is returned, with
+    the decision."""
     from ranker.train import train
 
     settings = load_settings(config, overrides)
@@ -141,9 +163,15 @@ def evaluate_run(run_dir: str) -> dict[str, Any]:
     return {"valid_auc": auc, "final": final}
 
 
-@task(name="export-model", cache_key_fn=cache_on("run_dir", "weights_sha256", "export"))
+@task(name="export-model", persist_result=False)
+@cached_result("run_dir", "weights_sha256", "export", check=_export_gone)
 def export_model(
-    run_dir: str, weights_sha256: str | None, export: dict[str, Any], staging_dir: str, dataset_dir: str
+    run_dir: str,
+    weights_sha256: str | None,
+    export: dict[str, Any],
+    staging_dir: str,
+    dataset_dir: str,
+    results_dir: str,
 ) -> dict[str, Any]:
     """ONNX export with the parity gate (ranker.export refuses to publish a model that fails parity)."""
     from ranker.export import export_run
@@ -210,7 +238,7 @@ def register_model(
 
 
 # --------------------------------------------------------------------------- flow
-@flow(name="train", log_prints=True)
+@flow(name="train", log_prints=True, persist_result=False, result_serializer=RESULT_SERIALIZER)
 def train_flow(config: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Train on the current data and knowledge snapshot, export with parity, register if not worse.
 
@@ -246,6 +274,7 @@ def train_flow(config: str | None = None, overrides: list[str] | None = None) ->
             know["digest"] if settings.train.use_llm else None,
             train_digest,
             settings.train.runs_dir,
+            results_folder(settings),
         )
     with timer.stage("evaluate"):
         ev = with_config(evaluate_run, settings)(run["run_dir"])
@@ -256,6 +285,7 @@ def train_flow(config: str | None = None, overrides: list[str] | None = None) ->
             settings.export.model_dump(mode="json"),
             str(Path(settings.pipelines.work_dir) / "exports"),
             dataset["path"],
+            results_folder(settings),
         )
     if not exp["parity"].get("passed", False):
         raise FlowError(f"export {exp['model_dir']} did not pass parity: {exp['parity']}")

@@ -6,8 +6,12 @@ encoding in these tests takes seconds on a shared 2-core machine.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -97,3 +101,41 @@ def snapshot_vectors(path: str | Path) -> dict[tuple[str, str], object]:
         ids, vecs = snap.vectors_of(kind)
         out.update({(kind, i): v for i, v in zip(ids, vecs, strict=True)})
     return out
+
+
+_PICKLE_HEADERS = [b"\x80" + bytes([protocol]) for protocol in range(2, 6)]
+
+
+def holds_pickle(value: Any) -> bool:
+    """True if a JSON value carries a pickle anywhere: a string that is one, or its base64 (Prefect's way)."""
+    if isinstance(value, dict):
+        return any(holds_pickle(v) for v in value.values())
+    if isinstance(value, list):
+        return any(holds_pickle(v) for v in value)
+    if isinstance(value, str) and len(value) >= 16:
+        try:
+            blob = base64.b64decode(value.replace("\n", ""), validate=True)
+        except (binascii.Error, ValueError):
+            blob = b""
+        return value.encode("latin-1", "ignore")[:2] in _PICKLE_HEADERS or blob[:2] in _PICKLE_HEADERS
+    return False
+
+
+def assert_json_only(folder: Path) -> list[Path]:
+    """Every file under `folder` is JSON data with no pickle in it: a cached task result
+    (`cached_result`) or a Prefect record written with the JSON serializer (a failure's exception).
+    Returns the cached task results."""
+    from pipelines.flows.common import RESULT_FORMAT
+
+    cached = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        raw = path.read_bytes()
+        assert raw[:2] not in _PICKLE_HEADERS, f"{path} is a pickle"
+        record = json.loads(raw.decode("utf-8"))
+        assert not holds_pickle(record), f"{path} carries a pickle"
+        if record.get("format") == RESULT_FORMAT:
+            cached.append(path)
+        else:
+            assert record["metadata"]["serializer"]["type"] == "json", path
+            json.loads(record["result"])
+    return cached

@@ -3,6 +3,7 @@ resume, feature refresh, Dask fan-out and real vLLM. Real LLMs (MiniLM), real st
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from feature_store.offline_store import OfflineStore
 from feature_store.online_store import open_store
 from llm4msr.config import load_config
 from pipelines.flows.common import FAIL_SHARD_ENV
-from tests.pipelines.conftest import snapshot_vectors, write_flow_config
+from tests.pipelines.conftest import assert_json_only, snapshot_vectors, write_flow_config
 
 
 def _pointers(cfg_path: Path) -> tuple[str | None, str | None, list[str]]:
@@ -77,6 +78,12 @@ def test_interrupted_run_never_exposes_a_partial_version(
     work = list((tmp_path / "knowledge" / ".work").iterdir())
     assert len(work) == 1 and (work[0] / "shard-00000.parquet").is_file()
     assert not (work[0] / "shard-00001.parquet").exists()
+    # the results folder holds the finished shards' cached results and the failure's record, all JSON
+    results = tmp_path / "pipelines" / "results"
+    cached = assert_json_only(results)
+    assert cached and all(p.name.startswith("llm4msr-encode-shard-") for p in cached)
+    failures = [json.loads(p.read_text()) for p in results.iterdir() if not p.name.startswith("llm4msr-")]
+    assert [json.loads(f["result"])["__exc_type__"] for f in failures] == ["builtins.RuntimeError"]
 
     monkeypatch.delenv(FAIL_SHARD_ENV)
     report = nightly_knowledge(config=str(cfg), full=True)
