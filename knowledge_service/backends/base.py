@@ -40,6 +40,10 @@ class Backend(abc.ABC):
     def generate(self, token_ids: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
         """Greedy, seeded continuation token ids (without the prompt), in input order."""
 
+    def warm(self, runner: str) -> None:
+        """Load the engine for "pooling" or "generate" now, so timings exclude start-up."""
+        return None
+
     def close(self) -> None:
         """Free the model (vLLM needs an explicit release before interpreter exit)."""
         return None

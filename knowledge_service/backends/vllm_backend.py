@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,6 +57,8 @@ class VllmBackend(Backend):
             kwargs["kv_cache_memory_bytes"] = int(self.kv_cache_gib * (1 << 30))
         if runner == "pooling":
             kwargs["pooler_config"] = PoolerConfig(pooling_type=self.pooling, use_activation=False)
+        else:  # two-pass prompts share the template's instruction text (and the chat preamble)
+            kwargs["enable_prefix_caching"] = True
         log.info(
             "loading %s into vLLM (runner=%s, pooling=%s, max_model_len=%d)",
             self.info.model_id,
@@ -63,13 +66,24 @@ class VllmBackend(Backend):
             self.pooling,
             self.max_model_len,
         )
+        t0 = time.perf_counter()
         try:
-            return LLM(str(self.info.path), runner=runner, **kwargs)
+            llm = LLM(str(self.info.path), runner=runner, **kwargs)
         except Exception as exc:  # noqa: BLE001 - one clear message naming the model
             gc.collect()
             raise KnowledgeError(
                 f"model {self.info.path}: vLLM cannot load it: {type(exc).__name__}: {exc}"
             ) from exc
+        log.info(
+            "loaded %s into vLLM (runner=%s) in %.1fs", self.info.model_id, runner, time.perf_counter() - t0
+        )
+        return llm
+
+    def warm(self, runner: str) -> None:
+        if runner == "generate" and self._gen is None:
+            self._gen = self._load("generate")
+        elif runner == "pooling" and self._pool is None:
+            self._pool = self._load("pooling")
 
     def embed(self, token_ids: Sequence[list[int]]) -> np.ndarray:
         if not token_ids:

@@ -81,6 +81,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--model", metavar="PATH_OR_NAME", help="model whose tokenizer measures the budget")
     add_config_args(r)
     r.set_defaults(handler=_prompts)
+
+    m = ksub.add_parser(
+        "prepare-model",
+        help="convert a packaged model (smollm2) once into a local folder vLLM can load",
+        description=(
+            "Offline, once per machine: find the model file pinned in the model registry inside its "
+            "installed package, refuse it unless its sha256 is the pinned one, convert it (GGUF -> "
+            "float32 safetensors + tokenizer + chat template) into a temporary folder and rename it "
+            "to MODEL_CACHE_DIR/<name>-<recipe>-<sha>-<dtype> with a prepared.json manifest. An "
+            "already prepared folder is reused. Builds with knowledge.model=NAME do the same on first use."
+        ),
+    )
+    m.add_argument("name", help="registered model name (smollm2)")
+    m.add_argument(
+        "--cache-dir", metavar="DIR", help="where to prepare it (default: knowledge.model_cache_dir)"
+    )
+    add_config_args(m)
+    m.set_defaults(handler=_prepare_model)
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 
 
@@ -102,6 +120,22 @@ def _build(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     report = build_knowledge(args.data, args.out or cfg.snapshot_root, cfg, full=args.full)
     print(report)
+    return 0
+
+
+def _prepare_model(args: argparse.Namespace) -> int:
+    import json
+
+    from knowledge_service.models import PREPARED_MANIFEST, prepare_model
+
+    cfg = _cfg(args)
+    path = prepare_model(args.name, args.cache_dir or cfg.model_cache_dir)
+    man = json.loads((path / PREPARED_MANIFEST).read_text())
+    print(
+        f"model {args.name} prepared at {path}\n"
+        f"  source {man['source_path']} (sha256 {man['settings']['source_sha256']})\n"
+        f"  {man['settings']['dtype']}, converted in {man['seconds']}s"
+    )
     return 0
 
 
@@ -166,10 +200,11 @@ def _prompts(args: argparse.Namespace) -> int:
     from feature_store.dataset import load_dataset
     from knowledge_service.models import load_tokenizer, model_info
     from knowledge_service.prompts import load_template, scenario_prompts, user_prompts
+    from knowledge_service.runner import _chat_tokenizer
 
     cfg = _cfg(args)
-    info = model_info(cfg.model)
-    tok = load_tokenizer(info.path)
+    info = model_info(cfg.model, cfg.model_cache_dir)
+    tok = _chat_tokenizer(cfg, info) or load_tokenizer(info.path)  # what `build` measures with
     budget = min(cfg.max_prompt_tokens, info.max_len)
     ds = load_dataset(args.data)
     if args.user is None:
