@@ -13,6 +13,7 @@ redis-server on a free loopback port:
 
     python -m bench.serving                       # writes docs/benchmarks/serving.md
     python -m bench.serving --requests 100 --out /tmp/serving.md    # quick
+    llm4msr bench serving --http [ARGS]           # concurrent HTTP vs in-process (bench/serving_http.py)
 """
 
 from __future__ import annotations
@@ -294,7 +295,17 @@ def _http(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="bench.serving", description=__doc__.split("\n\n")[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--http" in argv:  # the concurrency benchmark: docs/benchmarks/serving-http.md
+        from bench import serving_http
+
+        argv.remove("--http")
+        return serving_http.main(argv)
+    ap = argparse.ArgumentParser(
+        prog="bench.serving",
+        description=__doc__.split("\n\n")[0],
+        epilog="--http: the concurrent HTTP benchmark instead (`llm4msr bench serving --http --help`).",
+    )
     ap.add_argument("--requests", type=int, default=300, help="timed requests per setting (default 300)")
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--items", type=int, default=1000)

@@ -20,11 +20,14 @@ import os
 import time
 from typing import Any
 
+import anyio.to_thread
+import numpy as np
+import orjson
+from anyio import CapacityLimiter
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -127,6 +130,17 @@ def create_app(ranker: Ranker, token: str | None = None, max_body_bytes: int | N
     metrics = ranker.metrics
     expected = f"Bearer {token}".encode() if token else None
     limit = max_body_bytes if max_body_bytes is not None else body_limit(ranker.cfg)
+    # At most serve.score_threads requests run the model at once; the others wait in arrival order
+    # on the event loop instead of fighting over the GIL in 40 threads (see docs/serving.md,
+    # "Concurrency"). 0: Starlette's shared pool (40 threads), as before this limit existed.
+    limiters: list[CapacityLimiter] = []
+
+    async def in_thread(fn: Any, *args: Any) -> Any:
+        if ranker.cfg.score_threads == 0:
+            return await anyio.to_thread.run_sync(fn, *args)
+        if not limiters:  # created inside the running loop (one loop per server)
+            limiters.append(CapacityLimiter(ranker.cfg.score_threads))
+        return await anyio.to_thread.run_sync(fn, *args, limiter=limiters[0])
 
     def error(
         status: int,
@@ -192,7 +206,7 @@ def create_app(ranker: Ranker, token: str | None = None, max_body_bytes: int | N
         except ValidationError as exc:
             return error(*_describe(list(exc.errors())))
         try:
-            res = await run_in_threadpool(
+            res = await in_thread(
                 ranker.score_detailed,
                 str(body.user_id),
                 str(body.scenario_id),
@@ -205,12 +219,20 @@ def create_app(ranker: Ranker, token: str | None = None, max_body_bytes: int | N
             return error(503, f"refusing to score: {exc}")
         metrics.requests.labels(endpoint="/score", code="200").inc()
         metrics.request_latency.observe(time.perf_counter() - t0)
-        return JSONResponse(
-            {
-                "scores": res.scores.tolist(),
-                "knowledge_version": res.knowledge_version,
-                "fallback": res.fallback,
-            }
+        # orjson: the same shortest round-trip text per float as json.dumps, ~20x faster (json.dumps
+        # of 1000 scores took 0.9 ms of the event loop's GIL time per request). orjson writes NaN
+        # as null; a non-finite score stays a 500, as with json.dumps(allow_nan=False) before.
+        if not np.isfinite(res.scores).all():
+            raise ValueError("the model produced a non-finite score")
+        return Response(
+            orjson.dumps(
+                {
+                    "scores": res.scores.tolist(),
+                    "knowledge_version": res.knowledge_version,
+                    "fallback": res.fallback,
+                }
+            ),
+            media_type="application/json",
         )
 
     @app.get("/healthz")
