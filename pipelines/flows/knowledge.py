@@ -416,7 +416,7 @@ def _check_refresh_rules(settings: Settings, base_id: str | None) -> None:
     from knowledge_service.models import model_info
 
     manifest = read_manifest(OfflineStore(settings.knowledge.snapshot_root).path_of(base_id))
-    info = model_info(settings.knowledge.model)
+    info = model_info(settings.knowledge.model, settings.knowledge.model_cache_dir)
     pooling = info.pooling(settings.knowledge.pooling)
     mismatches = [
         f"{name}: current {manifest.get(name)!r}, config {value!r}"
