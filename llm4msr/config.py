@@ -239,9 +239,10 @@ class ServeConfig(Section):
     max_body_bytes: int | None = Field(None, ge=1024)
     intra_op_threads: int = Field(1, ge=0)
     inter_op_threads: int = Field(1, ge=0)
-    # /score requests scored at once (threads running the model); the rest wait in arrival order on
-    # the event loop. 0: Starlette's shared pool of 40 threads (GIL contention; docs/serving.md).
-    score_threads: int = Field(2, ge=0)
+    # At most this many /score requests in the model at once (threads); the rest wait in arrival
+    # order on the event loop. 0: no own bound, Starlette's shared pool of 40 threads (measured as
+    # fast as 2 on a busy 2-core machine: docs/serving.md, "Concurrency").
+    score_threads: int = Field(0, ge=0)
     token_env: str = "LLM4MSR_SERVE_TOKEN"  # bearer token read from this variable, if set
     on_knowledge_mismatch: Literal["refuse", "fallback"] = "refuse"
     # How often (at most) the request path checks the store's current version; scenario knowledge

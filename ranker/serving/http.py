@@ -130,9 +130,9 @@ def create_app(ranker: Ranker, token: str | None = None, max_body_bytes: int | N
     metrics = ranker.metrics
     expected = f"Bearer {token}".encode() if token else None
     limit = max_body_bytes if max_body_bytes is not None else body_limit(ranker.cfg)
-    # At most serve.score_threads requests run the model at once; the others wait in arrival order
-    # on the event loop instead of fighting over the GIL in 40 threads (see docs/serving.md,
-    # "Concurrency"). 0: Starlette's shared pool (40 threads), as before this limit existed.
+    # serve.score_threads > 0: at most that many requests run the model at once, the others wait in
+    # arrival order on the event loop (bounds threads and memory). 0 (default): Starlette's shared
+    # pool of 40 threads, which measured as fast (docs/serving.md, "Concurrency").
     limiters: list[CapacityLimiter] = []
 
     async def in_thread(fn: Any, *args: Any) -> Any:
