@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Run a benchmark and write its Markdown report to docs/benchmarks/AREA.md. Areas: "
             + ", ".join(AREAS)
             + ". 'all' runs each in its quick mode. Arguments after AREA go to the benchmark "
-            "(try `llm4msr bench data --help`)."
+            "(try `llm4msr bench data --help`). `llm4msr bench serving --http` measures the real server "
+            "under concurrency beside the runtime in-process (docs/benchmarks/serving-http.md)."
         ),
     )
     p.add_argument("area", choices=[*AREAS, "all"])
