@@ -314,8 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load-requests", type=int, default=2000, help="at most this many requests per load run")
     ap.add_argument("--load-seconds", type=float, default=15.0, help="at most this long per load run")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(REPO / "docs" / "benchmarks" / "serving.md"))
+    ap.add_argument("--out", default=None, help="report (default docs/benchmarks/serving.md)")
+    ap.add_argument("--quick", action="store_true", help="small run for `bench all`: serving-quick.md")
     args = ap.parse_args(argv)
+    if args.quick:  # a quick run never replaces the recorded report
+        args.requests, args.load_requests, args.load_seconds = 50, 200, 5.0
+    args.out = args.out or str(REPO / "docs" / "benchmarks" / f"serving{'-quick' if args.quick else ''}.md")
     logging.basicConfig(level=logging.WARNING)
     sys.path.insert(0, str(REPO))
     from feature_store.materialize import materialize

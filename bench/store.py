@@ -88,9 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         help="use this Redis instead of starting a private one "
         "(it must be empty or a throwaway: the bench writes under namespace llm4msr-bench)",
     )
-    parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks" / "store.md"))
+    parser.add_argument("--out", default=None, help="report (default docs/benchmarks/store.md)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="small run for `bench all`: store-quick.md")
     args = parser.parse_args(argv)
+    if args.quick:  # a quick run never replaces the recorded report
+        args.users, args.iters = 20_000, 50
+    args.out = args.out or str(REPO / "docs" / "benchmarks" / f"store{'-quick' if args.quick else ''}.md")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = "python -m bench.store " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
