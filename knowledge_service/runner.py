@@ -374,27 +374,14 @@ def plan(
 
 
 # --------------------------------------------------------------------------- encode
-def backend_for(kp: KnowledgePlan) -> Backend:
-    """The cached backend the plan's settings call for (loaded once per process)."""
+def backend_for(kp: KnowledgePlan, pooling: str | None = None) -> Backend:
+    """The cached backend the plan's settings call for (loaded once per process); `pooling`
+    overrides the plan's (two-pass vector rule "mean": the decoder under the vector pooling)."""
     cfg = kp.config
     return get_backend(
         cfg.backend,
         model_info(cfg.model, cfg.model_cache_dir),
-        kp.generate_pooling or kp.pooling,
-        dtype=cfg.dtype,
-        seed=cfg.seed,
-        max_model_len=kp.max_model_len,
-        kv_cache_gib=cfg.vllm_kv_cache_gib,
-    )
-
-
-def pooling_backend_for(kp: KnowledgePlan) -> Backend:
-    """Two-pass with vector rule "mean": the decoder under the plan's vector pooling."""
-    cfg = kp.config
-    return get_backend(
-        cfg.backend,
-        model_info(cfg.model, cfg.model_cache_dir),
-        kp.pooling,
+        pooling or kp.generate_pooling or kp.pooling,
         dtype=cfg.dtype,
         seed=cfg.seed,
         max_model_len=kp.max_model_len,
@@ -451,7 +438,7 @@ def encode_shard(kp: KnowledgePlan, shard_index: int, backend: Backend | None = 
             pooler = answer_backend_for(kp)
             encoder_tok = load_tokenizer(Path(kp.answer_model_path or model_info(ANSWER_ENCODER).path))
         elif backend.pooling != kp.pooling:
-            pooler = pooling_backend_for(kp)
+            pooler = backend_for(kp, kp.pooling)
         if pooler.dimension != kp.raw_dimension:
             raise KnowledgeError(
                 f"backend model has dimension {pooler.dimension}, the plan expects {kp.raw_dimension}"
