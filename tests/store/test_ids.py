@@ -59,8 +59,15 @@ def test_id_rule() -> None:
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    """Every file under `root` with its bytes: "nothing changed" means this is equal."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under `root` with its bytes: "nothing changed" means this is equal. The writer
+    lock is left out: a refused write still takes it, and it records who holds it and since when."""
+    from feature_store.online.local import LOCK_FILE
+
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != LOCK_FILE
+    }
 
 
 def bad_snapshot(folder: Path, snapshot_id: str) -> Path:
