@@ -95,6 +95,13 @@ def _print_metrics(run_dir: Path) -> None:
         print(f"{name:<14}{f('auc'):>8}{f('gauc'):>8}{f('logloss'):>9}{f('recall@10'):>11}{f('ndcg@10'):>9}")
 
 
+def trained_run_dir(report: dict) -> Path | None:
+    """The run folder a train-flow report trained (nested under `run`), if it has its metrics."""
+    run_dir = (report.get("run") or {}).get("run_dir")
+    path = Path(run_dir) if run_dir else None
+    return path if path is not None and (path / "metrics.json").is_file() else None
+
+
 def run_demo(config: str | None, overrides: list[str], workdir: str | Path) -> int:
     from pipelines.flows.knowledge import nightly_knowledge
     from pipelines.flows.registry import ModelRegistry
@@ -131,12 +138,15 @@ def run_demo(config: str | None, overrides: list[str], workdir: str | Path) -> i
     for stage, secs in stages.items():
         print(f"  {stage:<38} {secs:8.1f}")
     print(
-        "knowledge:",
-        {k: know.get(k) for k in ("status", "snapshot_id", "n_encoded", "n_carried") if k in know},
+        "knowledge: "
+        + ", ".join(
+            f"{k} {know[k]}" for k in ("status", "snapshot_id", "n_encoded", "n_carried") if k in know
+        )
     )
-    run_dir = Path(trained["run_dir"]) if trained.get("run_dir") else None
-    if run_dir and (run_dir / "metrics.json").is_file():
-        print(f"\nper-scenario test metrics ({settings.train.backbone} + LLM4MSR):")
+    run_dir = trained_run_dir(trained)
+    if run_dir is not None:
+        use_llm = json.loads((run_dir / "run.json").read_text()).get("use_llm")
+        print(f"\nper-scenario test metrics ({settings.train.backbone}{' + LLM4MSR' if use_llm else ''}):")
         _print_metrics(run_dir)
     print("\nserving runtime (ONNX + embedded online store), a few test requests:")
     for r in scored:

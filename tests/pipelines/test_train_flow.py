@@ -54,6 +54,10 @@ def test_train_flow_registers_then_refuses_a_worse_model(
     assert entry["knowledge_snapshot_id"] == nightly_run["report"]["snapshot_id"]
     assert entry["valid_auc"] == first["evaluation"]["valid_auc"] > 0.5
     assert set(first["timings"]) == {"data", "knowledge", "train", "evaluate", "export", "register"}
+    # the demo finds the trained run in the report (it used to look at the wrong key and print nothing)
+    from pipelines.demo import trained_run_dir
+
+    assert trained_run_dir(first) == Path(first["run"]["run_dir"])
 
     # The incumbent is made clearly better than anything this config produces (as if a stronger
     # model had been registered earlier). A deliberately crippled run is not a reliable "worse
