@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
+from llm4msr.config import Settings
 from ranker.model_io import VALID_PREDICTIONS_FILE
+
+if TYPE_CHECKING:
+    from ranker.train import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +47,14 @@ class VariantDecision:
 
     @property
     def z(self) -> float:
-        return self.delta / self.se if self.se > 0 else math.copysign(math.inf, self.delta)
+        """Δ in standard errors (±inf when the rows leave no noise but Δ is not 0; 0 for identical scores)."""
+        if self.se > 0:
+            return self.delta / self.se
+        return 0.0 if self.delta == 0 else math.copysign(math.inf, self.delta)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"z": self.z}
+        """JSON-safe: a non-finite z is written as null."""
+        return asdict(self) | {"z": self.z if math.isfinite(self.z) else None}
 
 
 def _midranks(x: np.ndarray) -> np.ndarray:
@@ -105,23 +113,24 @@ def select_variant(plain_run: str | Path, llm_run: str | Path, min_z: float) -> 
     delta = llm_auc - plain_auc
     keep = LLM if delta > min_z * se else PLAIN
     verdict = "beyond" if keep == LLM else "not beyond"
+    decision = VariantDecision(keep, plain_auc, llm_auc, delta, se, min_z, a.height, "")
     reason = (
         f"validation AUC +LLM4MSR {llm_auc:.4f} vs plain {plain_auc:.4f}: Δ {delta:+.4f} = "
-        f"{delta / se if se > 0 else float('inf'):.1f} SE, {verdict} the {min_z:g} SE bar: keeping {keep}"
+        f"{decision.z:.1f} SE, {verdict} the {min_z:g} SE bar: keeping {keep}"
     )
-    return VariantDecision(keep, plain_auc, llm_auc, delta, se, min_z, a.height, reason)
+    return replace(decision, reason=reason)
 
 
 @dataclass
 class SelectedRun:
     """`train_selected`'s result: both candidate runs, the decision and the kept run folder."""
 
-    plain: Any  # ranker.train.RunResult
-    llm: Any  # ranker.train.RunResult
+    plain: RunResult
+    llm: RunResult
     decision: VariantDecision
 
     @property
-    def kept(self) -> Any:
+    def kept(self) -> RunResult:
         return self.llm if self.decision.keep == LLM else self.plain
 
 
@@ -129,7 +138,12 @@ SELECTION_FILE = "selection.json"
 
 
 def train_selected(
-    settings: Any, data_dir: str | Path, knowledge: str | Path, out: str | Path, *, overwrite: bool = False
+    settings: Settings,
+    data_dir: str | Path,
+    knowledge: str | Path,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
 ) -> SelectedRun:
     """Train plain and +LLM4MSR (same seed) into OUT/plain and OUT/llm4msr, decide on validation, and
     write OUT/selection.json (the decision and the kept run). `settings.train.use_llm` is ignored."""

@@ -63,7 +63,8 @@ def test_select_variant_on_runs(tiny_data, tiny_knowledge, tmp_path):
     # an impossible bar always keeps the plain model
     assert select_variant(plain.run_dir, llm.run_dir, min_z=1e9).keep == PLAIN
     # the same run against itself: Δ = 0, never beyond noise
-    assert select_variant(plain.run_dir, plain.run_dir, min_z=0.0).keep == PLAIN
+    same = select_variant(plain.run_dir, plain.run_dir, min_z=0.0)
+    assert same.keep == PLAIN and same.delta == 0 and same.z == 0 and "0.0 SE" in same.reason
 
 
 def test_cli_select_auto_trains_both_and_records_the_decision(tmp_path, tiny_data, tiny_knowledge, capsys):
