@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "report",
     "export",
     "serve",
+    "explain",
     "flow",
     "bench",
 ]
