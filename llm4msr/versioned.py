@@ -17,6 +17,7 @@ like `..` can neither name nor delete anything outside its own version folder.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from llm4msr.atomic import remove_tree, write_text_atomic
@@ -98,16 +99,18 @@ class VersionedFolders:
                 return candidate
         raise self.error(f"{self.kind} {self.root}: no previous version to roll back to")
 
-    def retain(self, keep: int) -> list[str]:
-        """Delete all but the newest `keep` versions (never the current one); returns deleted ids."""
+    def retain(self, keep: int, protect: Iterable[str] = ()) -> list[str]:
+        """Delete all but the newest `keep` versions (never the current one, nor any id in `protect`,
+        e.g. versions something else still reads); returns deleted ids."""
         current = self.current_id()
+        spared = {current, *protect}
 
         def published(v: str) -> tuple[int, str]:  # oldest first by completion time, id as tie-break
             marker = self.versions_dir / v / self.marker
             return (marker.stat().st_mtime_ns if marker.is_file() else 0, v)
 
         versions = sorted(self.list_versions(), key=published)
-        doomed = [v for v in versions[: max(0, len(versions) - keep)] if v != current]
+        doomed = [v for v in versions[: max(0, len(versions) - keep)] if v not in spared]
         for v in doomed:
             remove_tree(self.dir_of(v), self.versions_dir)
         if doomed:
