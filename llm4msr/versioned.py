@@ -17,6 +17,7 @@ like `..` can neither name nor delete anything outside its own version folder.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,7 +27,58 @@ from llm4msr.ids import check_id, is_valid_id
 log = logging.getLogger(__name__)
 
 
-class VersionedFolders:
+class VersionPointer(ABC):
+    """The one current-version pointer + history mechanism (offline store, model registry, online
+    stores): switch to a complete version, pushing the previous one on the history; roll back to
+    the newest complete version of the history. Subclasses say where the pointer lives."""
+
+    error: type[Exception] = ValueError
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Name used in messages, e.g. "offline store ROOT"."""
+
+    @abstractmethod
+    def current_id(self) -> str | None: ...
+
+    @abstractmethod
+    def history(self) -> list[str]:
+        """Versions that were current before the current one, oldest first."""
+
+    @abstractmethod
+    def check_switchable(self, version: str) -> None:
+        """Raise `self.error` unless `version` is complete and may become current."""
+
+    @abstractmethod
+    def is_complete(self, version: str) -> bool: ...
+
+    @abstractmethod
+    def _write_pointers(self, current: str, history: list[str], previous: str | None) -> None:
+        """Atomically make `current` current with `history` (previous: the one it replaces)."""
+
+    def set_current(self, version: str) -> None:
+        self.check_switchable(version)
+        previous = self.current_id()
+        if previous == version:
+            return
+        hist = [h for h in self.history() + ([previous] if previous else []) if h != version]
+        self._write_pointers(version, hist, previous)
+        log.info("%s: current %s -> %s", self.describe(), previous, version)
+
+    def rollback(self) -> str:
+        """Make the previously current version current again; returns its id."""
+        hist = self.history()
+        current = self.current_id()
+        while hist:
+            candidate = hist.pop()
+            if candidate != current and self.is_complete(candidate):
+                self._write_pointers(candidate, hist, current)
+                log.info("%s: rolled back %s -> %s", self.describe(), current, candidate)
+                return candidate
+        raise self.error(f"{self.describe()}: no previous version to roll back to")
+
+
+class VersionedFolders(VersionPointer):
     kind = "versioned store"  # used in messages: "offline store", "model registry"
     marker = "manifest.json"  # a version folder without it is incomplete
     error: type[Exception] = ValueError
@@ -73,31 +125,16 @@ class VersionedFolders:
         ids = [x for x in hist.read_text().split() if x] if hist.is_file() else []
         return [check_id(x, "version id", hist, self.error) for x in ids]
 
-    # ---- switching
-    def _write_pointers(self, current: str, history: list[str]) -> None:
+    # ---- switching (VersionPointer)
+    def describe(self) -> str:
+        return f"{self.kind} {self.root}"
+
+    def check_switchable(self, version: str) -> None:
+        self.validate(self.path_of(version))
+
+    def _write_pointers(self, current: str, history: list[str], previous: str | None = None) -> None:
         write_text_atomic(self.root / "HISTORY", "\n".join(history) + ("\n" if history else ""))
         write_text_atomic(self.root / "CURRENT", current + "\n")
-
-    def set_current(self, version: str) -> None:
-        self.validate(self.path_of(version))
-        previous = self.current_id()
-        if previous == version:
-            return
-        hist = self.history() + ([previous] if previous else [])
-        self._write_pointers(version, hist)
-        log.info("%s %s: current %s -> %s", self.kind, self.root, previous, version)
-
-    def rollback(self) -> str:
-        """Make the previously current version current again; returns its id."""
-        hist = self.history()
-        current = self.current_id()
-        while hist:
-            candidate = hist.pop()
-            if candidate != current and self.is_complete(candidate):
-                self._write_pointers(candidate, hist)
-                log.info("%s %s: rolled back %s -> %s", self.kind, self.root, current, candidate)
-                return candidate
-        raise self.error(f"{self.kind} {self.root}: no previous version to roll back to")
 
     def retain(self, keep: int, protect: Iterable[str] = ()) -> list[str]:
         """Delete all but the newest `keep` versions (never the current one, nor any id in `protect`,
