@@ -23,7 +23,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
@@ -173,9 +173,20 @@ def sample_candidates(ds: CanonicalDataset, cfg: EvalConfig) -> pl.DataFrame:
 
 
 @torch.no_grad()
-def predict(model: RankerModel, enc: Encoded, kin: KnowledgeInputs, batch_size: int = 8192) -> np.ndarray:
+def predict(
+    model: RankerModel,
+    enc: Encoded,
+    kin: KnowledgeInputs,
+    batch_size: int = 8192,
+    device: torch.device | None = None,
+) -> np.ndarray:
     model.eval()
-    out = [model(**kin.batch(enc, slice(i, i + batch_size))) for i in range(0, len(enc), batch_size)]
+    out = []
+    for i in range(0, len(enc), batch_size):
+        batch = kin.batch(enc, slice(i, i + batch_size))
+        if device is not None and device.type != "cpu":
+            batch = {k: v.to(device) for k, v in batch.items()}
+        out.append(model(**batch).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
@@ -187,21 +198,85 @@ def _scheduler(opt: torch.optim.Optimizer, kind: str, epochs: int, steps: int):
     return None
 
 
+class TrainRows(Protocol):
+    """The training rows a process holds; step batches are indices into all rows of the run."""
+
+    def __len__(self) -> int:
+        """Training rows of the whole run (all processes), which sizes the epoch permutation."""
+        ...
+
+    def loss(self, model: RankerModel, idx: torch.Tensor) -> torch.Tensor | None:
+        """A loss whose gradient is this process's part of the batch-mean loss gradient of `idx`
+        (None: no row of `idx` is here)."""
+        ...
+
+
+@dataclass
+class LocalRows:
+    """All training rows in this process: the single-process (reference) path."""
+
+    enc: Encoded
+    kin: KnowledgeInputs
+    loss_fn: nn.Module = field(default_factory=nn.BCEWithLogitsLoss)
+
+    def __len__(self) -> int:
+        return len(self.enc)
+
+    def loss(self, model: RankerModel, idx: torch.Tensor) -> torch.Tensor | None:
+        return self.loss_fn(model.logit(**self.kin.batch(self.enc, idx)), self.enc.labels[idx])
+
+
+class Replicas:
+    """How a training step is shared between processes. This base is one process (no-ops); the
+    torch.distributed version is `ranker.distributed.DistributedReplicas`. One training loop
+    (`_fit`) serves both, so the single-process run stays the reference."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def reduce_gradients(self, model: nn.Module) -> None:
+        """Make every replica's gradients the batch's (sum of the processes' parts)."""
+
+    def end_epoch(self, model: nn.Module, loss_sum: float) -> float:
+        """Run-wide sum of the epoch's training loss; replicas' buffers made equal before evaluation."""
+        return loss_sum
+
+    def from_main(self, values: list[float]) -> list[float]:
+        """The main process's values (validation metrics) on every process, so all stop together."""
+        return values
+
+    def describe(self) -> dict[str, Any]:
+        """What run.json records about the processes (only written for more than one)."""
+        return {"world_size": self.world_size}
+
+
 def _fit(
     settings: Settings,
     spec: FeatureSpec,
     lr: float,
-    train: Encoded,
-    valid: Encoded,
+    train: TrainRows,
+    valid: Encoded | None,
     kin: KnowledgeInputs,
-    ckpt_dir: Path,
+    ckpt_dir: Path | None,
+    replicas: Replicas | None = None,
 ) -> tuple[RankerModel, list[dict[str, Any]], int, float]:
-    """Train with one learning rate; returns (best model, history, best epoch, best valid AUC)."""
+    """Train with one learning rate; returns (best model, history, best epoch, best valid AUC).
+
+    `valid` and `ckpt_dir` are None on processes other than the main one, which alone evaluates
+    and writes; `replicas` None is one process."""
     cfg = settings.train
+    rep = replicas or Replicas()
     set_seeds(cfg.seed)
     model = build_model(spec, cfg)
     if cfg.use_llm:
         model.set_knowledge_stats(kin.users[1:], kin.scenarios)
+    if rep.device.type != "cpu":
+        model.to(rep.device)
     meta_ids = {id(p) for p in meta_parameters(model)}
     groups = [
         {
@@ -213,7 +288,6 @@ def _fit(
     opt = torch.optim.Adam([g for g in groups if g["params"]], lr=lr)
     steps = max(1, (len(train) + cfg.batch_size - 1) // cfg.batch_size)
     sched = _scheduler(opt, cfg.lr_schedule, cfg.epochs, steps)
-    loss_fn = nn.BCEWithLogitsLoss()
     history: list[dict[str, Any]] = []
     best_state, best_auc, best_epoch, bad = None, -1.0, 0, 0
     for epoch in range(1, cfg.epochs + 1):
@@ -227,36 +301,42 @@ def _fit(
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             if idx.numel() < 2:
                 continue
-            logits = model.logit(**kin.batch(train, idx))
-            loss = loss_fn(logits, train.labels[idx])
+            loss = train.loss(model, idx)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if loss is not None:
+                loss.backward()
+                total += float(loss.detach()) * idx.numel()
+            rep.reduce_gradients(model)
             opt.step()
             if sched is not None:
                 sched.step()
-            total += float(loss.detach()) * idx.numel()
             n += idx.numel()
             bar.update(1)
         bar.close()
+        total = rep.end_epoch(model, total)
         seconds = time.perf_counter() - t0
-        scores = predict(model, valid, kin, cfg.eval_batch_size)
-        y = valid.labels.numpy()
-        v_auc = M.auc(y, scores)
+        v_auc = v_logloss = float("nan")
+        if valid is not None:
+            scores = predict(model, valid, kin, cfg.eval_batch_size, rep.device)
+            y = valid.labels.numpy()
+            v_auc, v_logloss = M.auc(y, scores), M.logloss(y, scores)
+        v_auc, v_logloss = rep.from_main([v_auc, v_logloss])
         rec = {
             "epoch": epoch,
             "lr": lr,
             "train_loss": total / max(n, 1),
             "valid_auc": v_auc,
-            "valid_logloss": M.logloss(y, scores),
+            "valid_logloss": v_logloss,
             "seconds": seconds,
         }
         history.append(rec)
         log.info(
             "lr=%g epoch %d: loss %.4f valid AUC %.4f (%.1fs)", lr, epoch, rec["train_loss"], v_auc, seconds
         )
-        for old in ckpt_dir.glob("epoch_*.safetensors"):
-            old.unlink()
-        save_weights(model, ckpt_dir / f"epoch_{epoch:03d}.safetensors")
+        if ckpt_dir is not None:
+            for old in ckpt_dir.glob("epoch_*.safetensors"):
+                old.unlink()
+            save_weights(model, ckpt_dir / f"epoch_{epoch:03d}.safetensors")
         if np.isnan(v_auc):
             raise DataError("validation split has a single class; cannot early-stop on AUC")
         if v_auc > best_auc:
@@ -280,6 +360,42 @@ def _fit(
     return model, history, best_epoch, best_auc
 
 
+@dataclass
+class EvalInputs:
+    """What the main process needs besides the training rows: the data's identity, the knowledge,
+    the valid/test rows and sampled candidates (encoded), and the run-wide row counts / fallback."""
+
+    ds: CanonicalDataset  # manifest (id, source, build config); interactions are not used here
+    data_dir: str | Path
+    kt: KnowledgeTables | None
+    kcheck: dict[str, Any]
+    splits: dict[str, pl.DataFrame]  # "valid", "test": user_id, item_id, scenario_id, label
+    enc: dict[str, Encoded]  # "valid", "test"
+    cands: pl.DataFrame
+    enc_cand: Encoded
+    rows: dict[str, int]  # rows per split of the whole run
+    fallback: dict[str, Any] | None
+
+
+def _check_knowledge(
+    settings: Settings, data_dir: str | Path, knowledge: str | Path | None, data_version: str
+) -> tuple[KnowledgeTables | None, dict[str, Any]]:
+    """Knowledge tables (None without use_llm) and the dataset-id check, before anything is written."""
+    cfg = settings.train
+    if not cfg.use_llm:
+        return None, {}
+    if knowledge is None:
+        raise ValueError(
+            "train.use_llm is true but no knowledge snapshot was given (--knowledge DIR, or --no-llm)"
+        )
+    kt = load_knowledge(knowledge, cfg.knowledge_dim)
+    # Before anything else: knowledge of another dataset id can leak held-out labels.
+    kcheck = check_dataset(
+        kt.manifest, kt.path, data_version, data_dir, allow_foreign=cfg.allow_foreign_knowledge
+    )
+    return kt, kcheck
+
+
 def train(
     settings: Settings,
     data_dir: str | Path,
@@ -296,18 +412,7 @@ def train(
     if out.exists() and not overwrite:
         raise FileExistsError(f"run directory {out} already exists (use another --out or --overwrite)")
     ds = load_dataset(data_dir)
-    kt: KnowledgeTables | None = None
-    kcheck: dict[str, Any] = {}
-    if cfg.use_llm:
-        if knowledge is None:
-            raise ValueError(
-                "train.use_llm is true but no knowledge snapshot was given (--knowledge DIR, or --no-llm)"
-            )
-        kt = load_knowledge(knowledge, cfg.knowledge_dim)
-        # Before anything else: knowledge of another dataset id can leak held-out labels.
-        kcheck = check_dataset(
-            kt.manifest, kt.path, ds.version(), data_dir, allow_foreign=cfg.allow_foreign_knowledge
-        )
+    kt, kcheck = _check_knowledge(settings, data_dir, knowledge, ds.version())
     spec = build_spec(ds, kt.dimension if kt else 0)
     inter = ds.interactions
     splits = {
@@ -323,15 +428,50 @@ def train(
     cands = sample_candidates(ds, settings.eval)
     enc_cand = encode(cands, ds, spec, kt, f"{data_dir}/sampled candidates")
     kin = KnowledgeInputs(kt)
+    ev = EvalInputs(
+        ds=ds,
+        data_dir=data_dir,
+        kt=kt,
+        kcheck=kcheck,
+        splits={s: splits[s] for s in ("valid", "test")},
+        enc={s: enc[s] for s in ("valid", "test")},
+        cands=cands,
+        enc_cand=enc_cand,
+        rows={name: len(e) for name, e in enc.items()},
+        fallback=_fallback_rates(enc, inter) if kt is not None else None,
+    )
+    result = train_and_write(settings, spec, kin, LocalRows(enc["train"], kin), ev, out, overwrite, t_start)
+    assert result is not None
+    return result
 
+
+def train_and_write(
+    settings: Settings,
+    spec: FeatureSpec,
+    kin: KnowledgeInputs,
+    rows: TrainRows,
+    ev: EvalInputs | None,
+    out: Path,
+    overwrite: bool,
+    t_start: float,
+    replicas: Replicas | None = None,
+) -> RunResult | None:
+    """The LR sweep, then (main process only: `ev` given) test scoring and the run directory,
+    written atomically. Other processes train alongside and return None."""
+    cfg = settings.train
+    rep = replicas or Replicas()
     lrs = list(cfg.lr_sweep) or [cfg.lr]
+    if ev is None:  # a helper process: same sweep, nothing written
+        for lr in lrs:
+            _fit(settings, spec, lr, rows, None, kin, None, rep)
+        return None
     with atomic_directory(out, overwrite=overwrite) as tmp:
         ckpt = tmp / "checkpoints"
         ckpt.mkdir()
         sweep, best = [], None
         for lr in lrs:
             model, history, best_epoch, best_auc = _fit(
-                settings, spec, lr, enc["train"], enc["valid"], kin, ckpt
+                settings, spec, lr, rows, ev.enc["valid"], kin, ckpt, rep
             )
             sweep.append({"lr": lr, "best_epoch": best_epoch, "best_valid_auc": best_auc, "history": history})
             if best is None or best_auc > best[3]:
@@ -339,14 +479,17 @@ def train(
         assert best is not None
         model, history, best_epoch, best_auc, lr = best
 
-        test_scores = predict(model, enc["test"], kin, cfg.eval_batch_size)
-        cand_scores = predict(model, enc_cand, kin, cfg.eval_batch_size)
+        dev = rep.device
+        test_scores = predict(model, ev.enc["test"], kin, cfg.eval_batch_size, dev)
+        cand_scores = predict(model, ev.enc_cand, kin, cfg.eval_batch_size, dev)
         pred = pl.concat(
             [
-                splits["test"].with_columns(
+                ev.splits["test"].with_columns(
                     score=pl.Series(test_scores, dtype=pl.Float32), source=pl.lit("test")
                 ),
-                cands.with_columns(score=pl.Series(cand_scores, dtype=pl.Float32), source=pl.lit("sampled")),
+                ev.cands.with_columns(
+                    score=pl.Series(cand_scores, dtype=pl.Float32), source=pl.lit("sampled")
+                ),
             ]
         )
         final = M.evaluate(pred, settings.eval.k)
@@ -354,16 +497,17 @@ def train(
         resolved = settings.model_copy(deep=True)
         resolved.train.lr = lr
         write_text_atomic(
-            tmp / CONFIG_FILE, run_config_text(resolved, recorded_data_config(ds, data_dir), data_dir)
+            tmp / CONFIG_FILE,
+            run_config_text(resolved, recorded_data_config(ev.ds, ev.data_dir), ev.data_dir),
         )
         spec.save(tmp / SPEC_FILE)
         save_weights(model, tmp / WEIGHTS_FILE)
         pred.write_parquet(tmp / PREDICTIONS_FILE)
-        valid_scores = predict(model, enc["valid"], kin, cfg.eval_batch_size)
-        splits["valid"].with_columns(score=pl.Series(valid_scores, dtype=pl.Float32)).write_parquet(
+        valid_scores = predict(model, ev.enc["valid"], kin, cfg.eval_batch_size, dev)
+        ev.splits["valid"].with_columns(score=pl.Series(valid_scores, dtype=pl.Float32)).write_parquet(
             tmp / VALID_PREDICTIONS_FILE
         )
-        fallback = _fallback_rates(enc, inter) if kt is not None else None
+        kt, kcheck, ds = ev.kt, ev.kcheck, ev.ds
         epoch_seconds = [h["seconds"] for h in history]
         metrics = {
             "epochs": history,
@@ -373,14 +517,14 @@ def train(
             "best_valid_auc": best_auc,
             "lr": lr,
             "lr_sweep": sweep if len(lrs) > 1 else [],
-            "fallback": fallback,
+            "fallback": ev.fallback,
             # True: trained with knowledge of another dataset id (train.allow_foreign_knowledge)
             "foreign_knowledge": bool(kcheck.get("foreign")),
             "final": final,
         }
         run_info = {
             "dataset": {
-                "path": str(data_dir),
+                "path": str(ev.data_dir),
                 "version": ds.version(),
                 "source": (ds.manifest or {}).get("source"),
             },
@@ -412,10 +556,12 @@ def train(
                 "scenario_meta": count_parameters(model.scenario_meta),
                 "concat": count_parameters(model.concat),
             },
-            "rows": {name: len(e) for name, e in enc.items()} | {"sampled_candidates": len(enc_cand)},
-            "fallback": fallback,
+            "rows": ev.rows | {"sampled_candidates": len(ev.enc_cand)},
+            "fallback": ev.fallback,
             "provenance": provenance("torch", "polars", "numpy"),
         }
+        if rep.world_size > 1:
+            run_info["distributed"] = rep.describe()
         run_info["timings"]["total_seconds"] = time.perf_counter() - t_start
         write_json_atomic(tmp / METRICS_FILE, metrics)
         write_json_atomic(tmp / RUN_FILE, run_info)
