@@ -126,24 +126,31 @@ def encode(
 def sample_candidates(ds: CanonicalDataset, cfg: EvalConfig) -> pl.DataFrame:
     """Sampled negatives for top-K: per (user, scenario) with test positives, N items of the same
     scenario the user never interacted with positively (all such items if n_negatives is None). Seeded."""
-    inter = ds.interactions
+    return candidates_from(ds.interactions.lazy(), cfg)
+
+
+def candidates_from(inter: pl.LazyFrame, cfg: EvalConfig) -> pl.DataFrame:
+    """`sample_candidates` from a (lazy) interactions table. It collects only the (scenario, item)
+    pairs, the test-positive (user, scenario) groups and those groups' positives, so a distributed
+    run's main process can sample from a Parquet scan without holding the training rows."""
     rng = np.random.default_rng(cfg.seed)
-    pools = {
-        s: np.array(sorted(part["item_id"].unique().to_list()))
-        for (s,), part in inter.group_by(["scenario_id"], maintain_order=True)
-    }
-    positives = (
-        inter.filter(pl.col("label") == 1)
-        .group_by(["user_id", "scenario_id"])
-        .agg(pl.col("item_id").unique().alias("pos"))
-    )
-    pos_map = {(r["user_id"], r["scenario_id"]): set(r["pos"]) for r in positives.iter_rows(named=True)}
+    pairs = inter.select("scenario_id", "item_id").unique().collect()
+    pools = {s: np.array(sorted(part["item_id"].to_list())) for (s,), part in pairs.group_by(["scenario_id"])}
     groups = (
         inter.filter((pl.col("split") == "test") & (pl.col("label") == 1))
         .select("user_id", "scenario_id")
         .unique()
         .sort("user_id", "scenario_id")
+        .collect()
     )
+    positives = (
+        inter.filter(pl.col("label") == 1)
+        .join(groups.lazy(), on=["user_id", "scenario_id"], how="semi")
+        .group_by(["user_id", "scenario_id"])
+        .agg(pl.col("item_id").unique().alias("pos"))
+        .collect()
+    )
+    pos_map = {(r["user_id"], r["scenario_id"]): set(r["pos"]) for r in positives.iter_rows(named=True)}
     users, items, scens = [], [], []
     for u, s in groups.iter_rows():
         pool = pools[s]
