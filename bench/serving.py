@@ -109,7 +109,7 @@ def _setup(work: Path, n_users: int, n_items: int, dim: int, seed: int) -> tuple
 def _in_process(model_dir: Path, url: str, n_req: int, sizes: list[int], seed: int) -> dict:
     import torch
 
-    from feature_store.online_store import open_store
+    from feature_store.online import open_store
     from llm4msr.config import ServeConfig, StoreConfig
     from ranker.serving.runtime import Ranker
 

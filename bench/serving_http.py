@@ -419,7 +419,7 @@ def run_matrix(
     variants are measured in turn `rounds` times (ABAB...), so a change in the machine's load hits
     them alike; each round is its own cell (the report takes medians). Several `clients`: every
     variant with each load generator, labelled "VARIANT (CLIENT)"."""
-    from feature_store.online_store import open_store
+    from feature_store.online import open_store
     from llm4msr.config import load_config
     from ranker.serving.runtime import Ranker
 

@@ -82,6 +82,7 @@ class VersionedFolders(VersionPointer):
     kind = "versioned store"  # used in messages: "offline store", "model registry"
     marker = "manifest.json"  # a version folder without it is incomplete
     error: type[Exception] = ValueError
+    id_label = "version id"  # how CURRENT/HISTORY errors name an id
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -114,7 +115,7 @@ class VersionedFolders(VersionPointer):
         if not pointer.is_file():
             return None
         cid = pointer.read_text().strip() or None
-        return None if cid is None else check_id(cid, "version id", pointer, self.error)
+        return None if cid is None else check_id(cid, self.id_label, pointer, self.error)
 
     def current_path(self) -> Path | None:
         cid = self.current_id()
@@ -123,7 +124,7 @@ class VersionedFolders(VersionPointer):
     def history(self) -> list[str]:
         hist = self.root / "HISTORY"
         ids = [x for x in hist.read_text().split() if x] if hist.is_file() else []
-        return [check_id(x, "version id", hist, self.error) for x in ids]
+        return [check_id(x, self.id_label, hist, self.error) for x in ids]
 
     # ---- switching (VersionPointer)
     def describe(self) -> str:

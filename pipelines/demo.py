@@ -42,7 +42,7 @@ def _score_requests(settings: Settings, model_dir: Path, n_requests: int = 3) ->
     import polars as pl
 
     from feature_store.dataset import load_dataset
-    from feature_store.online_store import open_store
+    from feature_store.online import open_store
     from ranker.serving.runtime import Ranker
 
     ds = load_dataset(settings.data.out)

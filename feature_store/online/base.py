@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
-import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -40,6 +38,7 @@ from llm4msr.config import StoreConfig
 from llm4msr.ids import check_id, unkeyable
 from llm4msr.progress import progress
 from llm4msr.secrets import redact
+from llm4msr.versioned import VersionPointer
 
 log = logging.getLogger(__name__)
 
@@ -189,53 +188,20 @@ def empty_result(n: int, version: StoreVersion | None, *, errors: bool = False) 
     )
 
 
-MALLOC_ENV = "LLM4MSR_MALLOC_TUNING"  # "0" leaves the C allocator's settings alone
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters
-_malloc_tuned = False
-
-
-def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 << 20) -> bool:
-    """Keep the C heap's freed memory for reuse instead of returning it to the OS after every read.
-
-    With glibc's defaults every read of 1000 x 256 values allocates its ~3 MiB of numpy buffers
-    (joined reply, records, float32 output, checks) from fresh pages: ~750 page faults, ~1 ms of
-    kernel time per read, more than the decoding itself. Raising the mmap threshold (allocations
-    below it come from the heap) and the trim threshold (free heap kept up to it) removes them; the
-    process holds up to `trim_threshold` of freed memory more. Once per process, glibc only;
-    returns whether it applied. Opt out with LLM4MSR_MALLOC_TUNING=0."""
-    global _malloc_tuned
-    if _malloc_tuned:
-        return True
-    if os.environ.get(MALLOC_ENV, "1") == "0" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
-    ok = bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(
-        mallopt(_M_TRIM_THRESHOLD, int(trim_threshold))
-    )
-    _malloc_tuned = ok
-    log.debug("online store: malloc tuning %s", "applied" if ok else "refused")
-    return ok
-
-
 def record_digest(raw: bytes | None) -> str | None:
     return None if raw is None else hashlib.sha256(raw).hexdigest()
 
 
-class OnlineStore(ABC):
-    """Versioned key -> vector store with an atomically switched current-version pointer."""
+class OnlineStore(VersionPointer, ABC):
+    """Versioned key -> vector store with an atomically switched current-version pointer
+    (`llm4msr.versioned.VersionPointer`: the same switch/rollback as the offline store)."""
 
     backend: str = "abstract"
+    error = StoreError
 
     def __init__(self, url: str, cfg: StoreConfig):
         self.url = url
         self.cfg = cfg
-        tune_malloc()
         self.counters = Counters()
         self._cache_lock = threading.Lock()
         self._cached: StoreVersion | None = None
@@ -244,7 +210,8 @@ class OnlineStore(ABC):
 
     # ------------------------------------------------------------------ backend primitives
     @abstractmethod
-    def _read_pointer(self) -> str | None: ...
+    def current_id(self) -> str | None:
+        """The current version's id, read from the backend (not cached)."""
 
     @abstractmethod
     def version_info(self, version: str) -> StoreVersion | None:
@@ -254,15 +221,11 @@ class OnlineStore(ABC):
     def list_versions(self) -> list[StoreVersion]: ...
 
     @abstractmethod
-    def history(self) -> list[str]:
-        """Versions that were current before the current one, oldest first."""
-
-    @abstractmethod
     def _read_raw(self, version: StoreVersion, kind: str, ids: Sequence[str]) -> list[bytes | None]:
         """Raw values of `ids` in `version` (None where absent). May raise backend errors."""
 
     def _read_decoded(self, version: StoreVersion, kind: str, ids: Sequence[str]) -> codec.Decoded:
-        """Raw read + header checks; backends with a faster path (local: no bytes copies) override."""
+        """Raw read + header checks (the local store overrides it: its records need no bytes copies)."""
         raw = self._read_raw(version, kind, ids)
         return codec.decode_values(version.layout, raw, self.cfg.max_age_seconds, time.time())
 
@@ -291,9 +254,9 @@ class OnlineStore(ABC):
     def _mark_complete(self, version: str) -> None: ...
 
     @abstractmethod
-    def _switch(self, version: str, previous: str | None, history: list[str]) -> None:
-        """Atomically point `current` at `version` and replace the history; then start the expiry
-        clock of `previous` (if any) and stop the one of `version`."""
+    def _write_pointers(self, current: str, history: list[str], previous: str | None) -> None:
+        """Atomically point `current` at the version and replace the history; then start the expiry
+        clock of `previous` (if any) and stop the one of `current`."""
 
     @abstractmethod
     def drop_version(self, version: str) -> None:
@@ -327,7 +290,7 @@ class OnlineStore(ABC):
     def current(self) -> StoreVersion | None:
         """The current version's metadata, re-read from the backend (not cached). It also refreshes
         the readers' pointer cache, so cached reads never lag behind what a caller just saw."""
-        vid = self._read_pointer()
+        vid = self.current_id()
         info = self.version_info(vid) if vid else None
         with self._cache_lock:
             self._cached, self._cached_at = info, time.monotonic()
@@ -340,7 +303,7 @@ class OnlineStore(ABC):
         with self._cache_lock:
             if now - self._cached_at < self.cfg.pointer_cache_ms / 1000.0:
                 return self._cached
-        vid = self._read_pointer()
+        vid = self.current_id()
         with self._cache_lock:
             if vid is None:
                 self._cached = None
@@ -465,7 +428,7 @@ class OnlineStore(ABC):
                 stats.seconds = time.perf_counter() - t0
                 return stats
             if not same or existing.status == COMPLETE:
-                if self._read_pointer() == version:
+                if self.current_id() == version:
                     raise StoreError(f"version {version} is current and differs from what is being written")
                 log.warning("online store: discarding version %s written with a different shape", version)
                 self.drop_version(version)
@@ -585,43 +548,34 @@ class OnlineStore(ABC):
             self._mark_complete(version)
         return {"counts": dict(info.counts), "checksums_verified": checked}
 
-    # ------------------------------------------------------------------ pointer
-    def set_current(self, version: str) -> None:
-        """Switch readers to `version` (must be complete). The previous one goes on the history."""
-        with self._exclusive():
-            self._set_current(version)
+    # ------------------------------------------------------------------ pointer (VersionPointer)
+    def describe(self) -> str:
+        return f"online store {self.redacted_url}"
 
-    def _set_current(self, version: str) -> None:
+    def is_complete(self, version: str) -> bool:
+        info = self.version_info(version)
+        return info is not None and info.status == COMPLETE
+
+    def check_switchable(self, version: str) -> None:
         info = self.version_info(version)
         if info is None:
             raise StoreError(f"version {version} not found in {self.redacted_url}")
         if info.status != COMPLETE:
             raise StoreError(f"version {version} is not complete (status {info.status}); refusing to switch")
-        previous = self._read_pointer()
-        if previous == version:
-            return
-        hist = self.history() + ([previous] if previous else [])
-        self._switch(version, previous, [h for h in hist if h != version])
-        self.invalidate()
-        log.info("online store %s: current %s -> %s", self.redacted_url, previous, version)
+
+    def set_current(self, version: str) -> None:
+        """Switch readers to `version` (must be complete). The previous one goes on the history."""
+        with self._exclusive():
+            super().set_current(version)
+            self.invalidate()
 
     def rollback(self) -> str:
         """Make the previously current version current again; returns its id."""
         with self._exclusive():
-            return self._rollback()
-
-    def _rollback(self) -> str:
-        current = self._read_pointer()
-        hist = self.history()
-        while hist:
-            candidate = hist.pop()
-            info = self.version_info(candidate)
-            if candidate != current and info is not None and info.status == COMPLETE:
-                self._switch(candidate, current, hist)
+            try:
+                return super().rollback()
+            finally:
                 self.invalidate()
-                log.info("online store %s: rolled back %s -> %s", self.redacted_url, current, candidate)
-                return candidate
-        raise StoreError(f"online store {self.redacted_url}: no previous version to roll back to")
 
     # ------------------------------------------------------------------ maintenance
     def gc(self, *, include_writing: bool = False, dry_run: bool = False) -> list[dict[str, Any]]:
@@ -633,7 +587,7 @@ class OnlineStore(ABC):
             return self._gc(include_writing, dry_run)
 
     def _gc(self, include_writing: bool, dry_run: bool) -> list[dict[str, Any]]:
-        current = self._read_pointer()
+        current = self.current_id()
         removed = []
         for entry in self.incomplete_versions():
             if entry["version"] == current or (entry["state"] == WRITING and not include_writing):

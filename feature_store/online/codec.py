@@ -11,9 +11,8 @@ One value = a 24-byte little-endian header + the vector payload:
     16     8    generated_at int64 unix seconds (when the vector was produced)
     24     d*s  payload      `dimension` values of the dtype
 
-Redis stores one value per key; the local store stores fixed-size records of the same bytes in
-one file. Decoding is vectorised (numpy structured arrays), so checking 1000 values costs
-microseconds; any value whose length, magic, format, dtype, dimension or version differs from the
+Redis stores one value per hash field; the local store stores fixed-size records of the same
+bytes in one file. Decoding is numpy (a structured view, one cast to float32); any value whose length, magic, format, dtype, dimension or version differs from the
 current version's metadata, or whose payload is not finite, is *malformed* (reported missing).
 """
 
@@ -112,35 +111,13 @@ class Decoded:
     malformed: int
 
 
-_F16_SIGN_AND_MAGNITUDE = np.array(0x8FFFE000, dtype=np.uint32).view(np.int32)[()]
-_F16_EXP_MASK = np.int16(0x7C00)  # float16 exponent bits: all ones = inf/nan
-_F16_TO_F32_SCALE = np.float32(2.0**112)  # 2 ** (127 - 15): rebias the exponent
-
-
-def f16_to_f32(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 copy of a 2-d float16 array, per-row "all finite" mask), exact for every finite
-    value (subnormals and -0 included; rows with inf/nan are flagged, their values are garbage).
-
-    Integer shifts + one multiply, four passes and no temporaries: numpy's own float16 cast has no
-    SIMD path here and a 64k-entry lookup table first casts the indices to intp (2 MiB per 1000 x
-    256), both ~1.5-2.5x slower. The sign-extended int16 -> int32 cast puts the sign in bit 31;
-    << 13 moves exponent + mantissa into float32 position; the mask clears the sign-extension
-    bits in between; * 2**112 rebiases the exponent (and turns subnormals into normals). The
-    finiteness test runs on the 2-byte input (~20% cheaper than on the widened copy)."""
-    r16 = raw.view(np.int16)
-    finite = ~((r16 & _F16_EXP_MASK) == _F16_EXP_MASK).any(axis=1)
-    x = r16.astype(np.int32)
-    x <<= 13
-    x &= _F16_SIGN_AND_MAGNITUDE
-    f = x.view(np.float32)
-    f *= _F16_TO_F32_SCALE
-    return f, finite
-
-
-def check_records(
-    layout: Layout, recs: np.ndarray, max_age_seconds: int | None, now: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(float32 vectors, ok mask, stale mask) for records already known to have the right length."""
+def decode_records(
+    layout: Layout, recs: np.ndarray, present: np.ndarray, max_age_seconds: int | None, now: float
+) -> Decoded:
+    """Check and decode the records of the rows where `present` is True (one record per such row,
+    in row order). Wrong magic, format, dtype, dimension, version or a non-finite payload is
+    malformed; older than `max_age_seconds` is stale; both read as zeros, found False."""
+    n = len(present)
     ok = (
         (recs["magic"] == MAGIC)
         & (recs["fmt"] == FORMAT_VERSION)
@@ -148,91 +125,31 @@ def check_records(
         & (recs["dim"] == layout.dimension)
         & (recs["ver"] == np.uint64(layout.vhash))
     )
-    raw = recs["vec"]
-    if raw.dtype.itemsize == 2:
-        vecs, finite = f16_to_f32(raw)
-        ok &= finite
+    vecs = recs["vec"].astype(np.float32)
+    ok &= np.isfinite(vecs).all(axis=1)
+    stale = ok & (recs["gen"] < now - max_age_seconds) if max_age_seconds is not None else ok & False
+    use = ok & ~stale
+    if len(recs) == n:  # every row present (the usual case): no scatter
+        out, found = vecs, use
+        if not use.all():
+            out[~use] = 0.0
     else:
-        vecs = raw.astype(np.float32)
-        ok &= np.isfinite(vecs).all(axis=1)
-    stale = np.zeros(len(recs), dtype=bool)
-    if max_age_seconds is not None:
-        stale = ok & (recs["gen"] < now - max_age_seconds)
-    return vecs, ok, stale
-
-
-def inverse_permutation(order: np.ndarray) -> np.ndarray:
-    inv = np.empty_like(order)
-    inv[order] = np.arange(len(order), dtype=order.dtype)
-    return inv
+        out = np.zeros((n, layout.dimension), dtype=np.float32)
+        found = np.zeros(n, dtype=bool)
+        rows = np.flatnonzero(present)[use]
+        out[rows], found[rows] = vecs[use], True
+    return Decoded(out, found, n - len(recs), int(stale.sum()), int((~ok).sum()))
 
 
 def decode_values(
-    layout: Layout,
-    values: list[bytes | None],
-    max_age_seconds: int | None,
-    now: float,
-    order: np.ndarray | None = None,
+    layout: Layout, values: list[bytes | None], max_age_seconds: int | None, now: float
 ) -> Decoded:
-    """Decode a batch of raw values (None = key absent). Never raises on bad bytes.
-
-    `order` (optional): values[k] is the value of output row order[k] (a permutation), so a backend
-    that fetched values grouped differently (Redis: per bucket) gets rows back in request order
-    with one vectorised gather instead of a Python reordering loop."""
-    n = len(values)
+    """Decode raw values in request order (None = absent; another length = malformed). Never raises."""
     size = layout.size
-    if n and None not in values and set(map(len, values)) == {size}:
-        # common case, no per-value Python work: every value present with the right length
-        recs = np.frombuffer(b"".join(values), dtype=layout.rec)  # type: ignore[arg-type]
-        if order is not None:
-            # request order: one row gather (as opaque records: ~3x cheaper than field by field)
-            recs = recs.view(np.dtype((np.void, size)))[inverse_permutation(order)].view(layout.rec)
-        vecs, ok, stale = check_records(layout, recs, max_age_seconds, now)
-        use = ok & ~stale
-        if not use.all():
-            vecs[~use] = 0.0
-        return Decoded(vecs, use, 0, int(stale.sum()), int((~ok).sum()))
-    if order is not None:  # rare path (absent or wrong-length values): reorder in Python
-        values = [values[k] for k in inverse_permutation(order).tolist()]
-    out = np.zeros((n, layout.dimension), dtype=np.float32)
-    found = np.zeros(n, dtype=bool)
-    lengths = [-1 if v is None else len(v) for v in values]
-    good = [i for i, length in enumerate(lengths) if length == size]
-    n_present = n - lengths.count(-1)
-    malformed = n_present - len(good)
-    stale_n = 0
-    if good:
-        recs = np.frombuffer(b"".join(values[i] for i in good), dtype=layout.rec)
-        vecs, ok, stale = check_records(layout, recs, max_age_seconds, now)
-        idx = np.asarray(good, dtype=np.int64)
-        use = ok & ~stale
-        out[idx[use]] = vecs[use]
-        found[idx[use]] = True
-        malformed += int((~ok).sum())
-        stale_n = int(stale.sum())
-    return Decoded(out, found, n - n_present, stale_n, malformed)
-
-
-def decode_array(
-    layout: Layout, recs: np.ndarray, present: np.ndarray, max_age_seconds: int | None, now: float
-) -> Decoded:
-    """Decode records gathered as a structured array (rows where `present` is False are ignored)."""
-    n = len(present)
-    if n and len(recs) == n:  # every id present: no scatter
-        vecs, ok, stale = check_records(layout, recs, max_age_seconds, now)
-        use = ok & ~stale
-        if not use.all():
-            vecs[~use] = 0.0
-        return Decoded(vecs, use, 0, int(stale.sum()), int((~ok).sum()))
-    out = np.zeros((n, layout.dimension), dtype=np.float32)
-    found = np.zeros(n, dtype=bool)
-    idx = np.flatnonzero(present)
-    stale_n = malformed = 0
-    if idx.size:
-        vecs, ok, stale = check_records(layout, recs, max_age_seconds, now)
-        use = ok & ~stale
-        out[idx[use]] = vecs[use]
-        found[idx[use]] = True
-        malformed = int((~ok).sum())
-        stale_n = int(stale.sum())
-    return Decoded(out, found, n - idx.size, stale_n, malformed)
+    present = np.fromiter((v is not None and len(v) == size for v in values), dtype=bool, count=len(values))
+    recs = np.frombuffer(b"".join(v for v, p in zip(values, present.tolist(), strict=True) if p), layout.rec)
+    dec = decode_records(layout, recs, present, max_age_seconds, now)
+    wrong_length = sum(1 for v in values if v is not None) - len(recs)
+    dec.missing -= wrong_length
+    dec.malformed += wrong_length
+    return dec

@@ -9,8 +9,9 @@
         <kind>.ids.npy                  sorted entity ids (numpy unicode), memory-mapped
         <kind>.values.bin               fixed-size records, same bytes as a Redis value (codec), memory-mapped
 
-A lookup is a binary search of the memory-mapped id index plus a gather of the records, then the
-same header checks as Redis. A version folder moves from staging/ to versions/ only after it has
+A lookup is a binary search of the memory-mapped sorted ids plus a gather of the records, then the
+same header checks as Redis. The pointer files are `llm4msr.versioned.VersionedFolders`' (the
+offline store's mechanism). A version folder moves from staging/ to versions/ only after it has
 been verified; old versions are deleted `old_version_ttl_seconds` after they stop being current.
 One writer at a time per root: every change holds an exclusive flock on ROOT/.writer.lock, and a
 second writer is refused with a StoreError (materialize holds it from the pointer check to the
@@ -37,9 +38,10 @@ import numpy as np
 
 from feature_store.online import codec
 from feature_store.online.base import COMPLETE, WRITING, EntityBatch, OnlineStore, StoreError, StoreVersion
-from llm4msr.atomic import fsync_dir, remove_tree, write_json_atomic, write_text_atomic
+from llm4msr.atomic import fsync_dir, remove_tree, write_json_atomic
 from llm4msr.config import StoreConfig
 from llm4msr.ids import check_id, is_valid_id
+from llm4msr.versioned import VersionedFolders
 
 log = logging.getLogger(__name__)
 
@@ -50,71 +52,13 @@ PROGRESS_EVERY_CHUNKS = 8
 LOCK_FILE = ".writer.lock"
 
 
-HASH_CHUNK = 1 << 16
-# Below this many ids a binary search is cheaper than the hash index' fixed cost (~60 numpy calls).
-HASH_MIN_BATCH = 48
-_FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
-_S33, _M1, _M2 = np.uint64(33), np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
+class _PointerFiles(VersionedFolders):
+    """ROOT/CURRENT and ROOT/HISTORY, read and replaced as the offline store does."""
 
-
-def id_hashes(ids: np.ndarray) -> np.ndarray:
-    """64-bit FNV-1a hash of each fixed-width unicode id, vectorised over characters (columns)."""
-    width = ids.dtype.itemsize // 4
-    out = np.empty(len(ids), dtype=np.uint64)
-    for s in range(0, len(ids), HASH_CHUNK):
-        cps = np.ascontiguousarray(ids[s : s + HASH_CHUNK]).view(np.uint32).reshape(-1, width)
-        h = np.full(len(cps), _FNV_OFFSET, dtype=np.uint64)
-        for j in range(width):
-            h ^= cps[:, j]
-            h *= _FNV_PRIME
-        h ^= h >> _S33  # murmur3 finaliser: FNV's high bits are poorly mixed for short ids, and the
-        h *= _M1  # directory below buckets by the high bits
-        h ^= h >> _S33
-        h *= _M2
-        h ^= h >> _S33
-        out[s : s + len(cps)] = h
-    return out
-
-
-class HashIndex:
-    """In-memory hash index over a memory-mapped sorted id array (~24 bytes per id, built once per
-    opened version in ~0.15 s per million ids). Ids' 64-bit hashes are sorted; a directory over
-    their top bits gives each query a range of ~1 candidate, so a lookup costs a few cache misses
-    instead of a 20-step binary search over unicode strings (~5x cheaper for 1000 ids out of 1M),
-    and one exact id comparison settles it. Built only when the hashes are collision-free
-    (otherwise the store falls back to the plain binary search)."""
-
-    def __init__(self, sorted_hashes: np.ndarray, positions: np.ndarray):
-        self.hashes = sorted_hashes
-        self.positions = positions
-        bits = max(1, int(np.ceil(np.log2(max(len(sorted_hashes), 2)))))
-        self.shift = np.uint64(64 - bits)
-        top = sorted_hashes >> self.shift
-        self.directory = np.searchsorted(top, np.arange(2**bits + 1, dtype=np.uint64))
-
-    @classmethod
-    def build(cls, index: np.ndarray) -> HashIndex | None:
-        h = id_hashes(index)
-        order = np.argsort(h, kind="stable")
-        h = h[order]
-        if len(h) > 1 and bool((h[1:] == h[:-1]).any()):
-            return None
-        return cls(h, order)
-
-    def lookup(self, index: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(row of each query id, present mask) for queries `q` (numpy unicode)."""
-        qh = id_hashes(q.astype(index.dtype))  # truncated ids hash wrongly or fail the exact check
-        b = (qh >> self.shift).astype(np.intp)
-        j, hi = self.directory[b], self.directory[b + 1]
-        live = np.flatnonzero(j < hi)
-        while live.size:  # first hash >= the query's within its (tiny) directory range
-            live = live[self.hashes[j[live]] < qh[live]]
-            j[live] += 1
-            live = live[j[live] < hi[live]]
-        j = np.minimum(j, len(self.hashes) - 1)
-        pos = self.positions[j]
-        present = (self.hashes[j] == qh) & (index[pos] == q)
-        return pos, present
+    kind = "local store"
+    marker = "meta.json"
+    error = StoreError
+    id_label = "version"
 
 
 def _read_meta(folder: Path) -> tuple[StoreVersion | None, str]:
@@ -152,7 +96,8 @@ class LocalStore(OnlineStore):
     def __init__(self, root: str | Path, cfg: StoreConfig):
         super().__init__(str(root), cfg)
         self.root = Path(root)
-        self._maps: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, HashIndex | None]] = {}
+        self._pointer = _PointerFiles(self.root)
+        self._maps: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self._maps_lock = threading.Lock()
         self._writers: dict[tuple[str, str], Any] = {}
         self._progress: dict[str, dict[str, int]] = {}
@@ -214,13 +159,8 @@ class LocalStore(OnlineStore):
         return None
 
     # ------------------------------------------------------------------ metadata
-    def _read_pointer(self) -> str | None:
-        pointer = self.root / "CURRENT"
-        try:
-            vid = pointer.read_text().strip() or None
-        except FileNotFoundError:
-            return None
-        return None if vid is None else check_id(vid, "version", pointer, StoreError)
+    def current_id(self) -> str | None:
+        return self._pointer.current_id()
 
     def version_info(self, version: str) -> StoreVersion | None:
         """None when absent, or when a version being written has damaged metadata (it is listed by
@@ -260,7 +200,7 @@ class LocalStore(OnlineStore):
 
     def incomplete_versions(self) -> list[dict[str, Any]]:
         """staging/ folders (partial writes) and version folders without readable metadata."""
-        current = self._read_pointer()
+        current = self.current_id()
         out = []
         for sub in ("staging", "versions"):
             base = self.root / sub
@@ -295,17 +235,11 @@ class LocalStore(OnlineStore):
         return out
 
     def history(self) -> list[str]:
-        path = self.root / "HISTORY"
-        try:
-            ids = path.read_text().split()
-        except FileNotFoundError:
-            return []
-        return [check_id(v, "version", path, StoreError) for v in ids]
+        return self._pointer.history()
 
     # ------------------------------------------------------------------ reading
-    def _open(
-        self, version: StoreVersion, kind: str
-    ) -> tuple[np.ndarray, np.ndarray, HashIndex | None] | None:
+    def _open(self, version: StoreVersion, kind: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(sorted ids, records) of one kind, memory-mapped once per process and version."""
         d = self._dir(version.version)
         if d is None:
             return None
@@ -322,62 +256,36 @@ class LocalStore(OnlineStore):
         nbytes = val_path.stat().st_size
         if nbytes != len(ids) * size:
             raise StoreError(f"{val_path}: {nbytes} bytes, expected {len(ids)} records x {size} bytes")
-        values = (
-            np.memmap(val_path, dtype=np.dtype((np.void, size)), mode="r", shape=(len(ids),))
-            if len(ids)
-            else np.zeros(0, dtype=np.dtype((np.void, size)))
-        )
-        final = d.parent.name == "versions"  # staging maps are short-lived (verification only)
-        hidx = HashIndex.build(ids) if final and len(ids) else None
-        with self._maps_lock:
-            if final:
-                stale = [k for k in self._maps if k[0] != str(d)]
-                if len(self._maps) > 8:
-                    for k in stale:
+        rec = np.dtype((np.void, size))
+        values = np.memmap(val_path, dtype=rec, mode="r", shape=(len(ids),)) if len(ids) else np.zeros(0, rec)
+        if d.parent.name == "versions":  # staging maps are short-lived (verification only)
+            with self._maps_lock:
+                if len(self._maps) > 8:  # keep the maps of this version only
+                    for k in [k for k in self._maps if k[0] != str(d)]:
                         self._maps.pop(k, None)
-                self._maps[key] = (ids, values, hidx)
-        return ids, values, hidx
+                self._maps[key] = (ids, values)
+        return ids, values
 
-    def _locate(
-        self, version: StoreVersion, kind: str, ids: Sequence[str]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(records gathered for the ids that exist, present mask, their positions)."""
+    def _locate(self, version: StoreVersion, kind: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(records of the ids that exist, in request order, as opaque bytes; present mask)."""
         opened = self._open(version, kind)
-        present = np.zeros(len(ids), dtype=bool)
-        if opened is None or not len(ids) or len(opened[0]) == 0:
-            return np.zeros(0, dtype=np.dtype((np.void, version.layout.size))), present, np.zeros(0, np.int64)
-        index, values, hidx = opened
-        q = np.asarray(ids, dtype=str)
-        if hidx is not None and len(q) >= HASH_MIN_BATCH:
-            pos, present = hidx.lookup(index, q)
-        else:
-            pos = np.minimum(np.searchsorted(index, q), len(index) - 1)
-            present = index[pos] == q
-        if bool(present.all()):  # the usual case: one fancy-index gather, no mask copies
-            return np.asarray(values[pos]), present, pos
-        return np.asarray(values[pos[present]]), present, pos[present]
-
-    def _read_decoded(self, version: StoreVersion, kind: str, ids: Sequence[str]) -> codec.Decoded:
-        rows, present, _ = self._locate(version, kind, ids)
-        recs = rows.view(version.layout.rec).reshape(-1) if len(rows) else np.zeros(0, version.layout.rec)
-        return codec.decode_array(version.layout, recs, present, self.cfg.max_age_seconds, time.time())
-
-    def _read_raw(self, version: StoreVersion, kind: str, ids: Sequence[str]) -> list[bytes | None]:
-        opened = self._open(version, kind)
-        out: list[bytes | None] = [None] * len(ids)
-        if opened is None or not len(ids):
-            return out
-        index, values, _ = opened
-        if len(index) == 0:
-            return out
+        if opened is None or not len(ids) or not len(opened[0]):
+            return np.zeros(0, dtype=np.dtype((np.void, version.layout.size))), np.zeros(len(ids), dtype=bool)
+        index, values = opened
         q = np.asarray(ids, dtype=str)
         pos = np.minimum(np.searchsorted(index, q), len(index) - 1)
-        hit = np.flatnonzero(index[pos] == q)
-        if hit.size:
-            rows = values[pos[hit]]
-            for i, row in zip(hit.tolist(), rows, strict=True):
-                out[i] = row.tobytes()
-        return out
+        present = index[pos] == q
+        return np.asarray(values[pos if present.all() else pos[present]]), present
+
+    def _read_decoded(self, version: StoreVersion, kind: str, ids: Sequence[str]) -> codec.Decoded:
+        rows, present = self._locate(version, kind, ids)
+        recs = rows.view(version.layout.rec).reshape(-1)
+        return codec.decode_records(version.layout, recs, present, self.cfg.max_age_seconds, time.time())
+
+    def _read_raw(self, version: StoreVersion, kind: str, ids: Sequence[str]) -> list[bytes | None]:
+        rows, present = self._locate(version, kind, ids)
+        found = iter(rows)
+        return [next(found).tobytes() if p else None for p in present.tolist()]
 
     # ------------------------------------------------------------------ writing
     def _begin_version(self, meta: StoreVersion) -> dict[str, int]:
@@ -472,7 +380,7 @@ class LocalStore(OnlineStore):
             self._drop(version)
 
     def _drop(self, version: str) -> None:
-        if self._read_pointer() == version:
+        if self.current_id() == version:
             raise StoreError(f"version {version} is current; roll back or switch before dropping it")
         for k in [k for k in self._writers if k[0] == version]:
             self._writers.pop(k).close()
@@ -480,14 +388,13 @@ class LocalStore(OnlineStore):
         remove_tree(self._final(version), self.root / "versions")
 
     # ------------------------------------------------------------------ pointer
-    def _switch(self, version: str, previous: str | None, history: list[str]) -> None:
+    def _write_pointers(self, current: str, history: list[str], previous: str | None) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self._write_meta(version, retired_at=None)
-        write_text_atomic(self.root / "HISTORY", "".join(h + "\n" for h in history))
-        write_text_atomic(self.root / "CURRENT", version + "\n")
+        self._write_meta(current, retired_at=None)
+        self._pointer._write_pointers(current, history)
         if previous:
             self._write_meta(previous, retired_at=time.time())
-        self._expire(version)
+        self._expire(current)
 
     def _expire(self, current: str) -> None:
         """Delete complete versions retired longer than old_version_ttl_seconds ago."""
@@ -507,7 +414,7 @@ class LocalStore(OnlineStore):
 
     # ------------------------------------------------------------------ status
     def _backend_status(self) -> dict[str, Any]:
-        cur = self._read_pointer()
+        cur = self.current_id()
         d = self._dir(cur) if cur else None
         disk = sum(p.stat().st_size for p in d.iterdir() if p.is_file()) if d else 0
         info = self.version_info(cur) if cur else None

@@ -1,4 +1,4 @@
-"""Redis online store.
+"""Redis online store: plain redis-py (pipelines, hiredis parser, its Retry with exponential backoff).
 
 Keys (NS = StoreConfig.namespace):
 
@@ -10,33 +10,24 @@ Keys (NS = StoreConfig.namespace):
 
 Each (version, kind) is split into `buckets` hashes (fixed when the version is first written:
 ceil(largest kind / redis_bucket_fields), recorded in the meta hash); an entity lives in bucket
-crc32(utf-8 id) % buckets. So a batch read is one HMGET per bucket touched (one command when
-buckets == 1), and expiring, keeping or dropping a whole version is O(buckets) commands, never a
+crc32(utf-8 id) % buckets. So a batch read is one HMGET per bucket touched, pipelined in one
+round trip, and expiring, keeping or dropping a whole version is O(buckets) commands, never a
 keyspace SCAN; no hash grows so big that freeing it on expiry stalls the server for long.
 
-Writes: per chunk of `write_chunk` id-sorted entities, one MULTI/EXEC with one HSET (flat
-field/value arguments) per bucket plus the new `progress:<kind>`, so a chunk and its progress land
-together and a resumed materialization skips exactly what is there (HSET overwrites: re-writing a
-chunk is idempotent). Each transaction first asks whether the version's metadata still exists
-(HEXISTS meta counts): a server that restarted empty while the writer retried answers no, and the
-version is discarded and written again from scratch instead of being continued without metadata.
-Commands are packed by hiredis and one chunk is in flight (the next one is encoded while the
-server executes the previous); unconfirmed chunks are re-sent after a connection error, each
-retried `retries` times with exponential backoff. The pointer and
-the history switch in one MULTI/EXEC after the version has been verified; then the previous
-version's keys get EXPIRE old_version_ttl_seconds (meta first, buckets a minute later than meta,
-so a version whose metadata still exists always has its data); a version brought back by
-rollback is PERSISTed (meta first) before the pointer moves to it.
-
-Reads: HMGET(s) on a pooled hiredis connection, all sent in one socket write, socket timeouts
-`timeout_ms`, at most one reconnect attempt; the values are decoded in bucket order and put back
-in request order with one numpy row gather; the pointer, the metadata and the bucket count are
-cached for `pointer_cache_ms`.
+Writes: per chunk of `write_chunk` id-sorted entities, one MULTI/EXEC pipeline: HEXISTS meta counts
+(does the version's metadata still exist? a server that restarted empty says no, and the version is
+written again from scratch instead of being continued without metadata), one HSET per bucket, the
+new `progress:<kind>`. A chunk and its progress land together, so a resumed materialization skips
+exactly what is there (HSET overwrites: re-sending a chunk is idempotent, which is what lets
+redis-py's Retry re-send it after a connection error or timeout). The pointer and the history
+switch in one MULTI/EXEC after the version has been verified; then the previous version's keys get
+EXPIRE old_version_ttl_seconds (meta first, buckets a minute later than meta, so a version whose
+metadata still exists always has its data); a version brought back by rollback is PERSISTed (meta
+first) before the pointer moves to it.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -48,7 +39,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from feature_store.online import codec, resp_values
+from feature_store.online import codec
 from feature_store.online.base import (
     COMPLETE,
     WRITING,
@@ -65,6 +56,7 @@ from llm4msr.secrets import split_password
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SCAN_COUNT = 5000
+BACKOFF_CAP_S = 10.0
 
 
 def bucket_of(entity_ids: Sequence[str], buckets: int) -> np.ndarray:
@@ -80,33 +72,14 @@ def value_location(namespace: str, version: str, kind: str, entity_id: str, buck
     return f"{namespace}:h:{version}:{kind}:{b}", entity_id
 
 
-def pack_hmget(key: str, fields: Sequence[str], pack: Callable[[tuple[Any, ...]], bytes]) -> bytes:
-    """RESP of HMGET key fields...: with ASCII ids of one length (the usual case) two C-level string
-    joins, ~2x cheaper than packing argument by argument; anything else goes through `pack`."""
-    if fields:
-        lengths = set(map(len, fields))
-        if len(lengths) == 1:
-            width = lengths.pop()
-            body = f"\r\n${width}\r\n".join(fields)
-            kb = key.encode("utf-8")
-            if body.isascii():
-                head = b"*%d\r\n$5\r\nHMGET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(fields) + 2, len(kb), kb, width)
-                return head + body.encode("ascii") + b"\r\n"
-    return pack(("HMGET", key, *fields))
-
-
-def _packer() -> Callable[[tuple[Any, ...]], bytes]:
-    """RESP encoder of one command: hiredis' (C) when installed, redis-py's otherwise."""
-    try:
-        import hiredis
-
-        return hiredis.pack_command
-    except ImportError:  # pragma: no cover - hiredis is a pinned dependency
-        from redis._parsers.encoders import Encoder
-        from redis.connection import PythonRespSerializer
-
-        ser = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
-        return lambda args: b"".join(bytes(p) for p in ser.pack(*args))
+def group_by_bucket(entity_ids: Sequence[str], buckets: int) -> list[tuple[int, np.ndarray]]:
+    """[(bucket, positions of its ids)] for the buckets the ids touch (one command each)."""
+    if buckets == 1:
+        return [(0, np.arange(len(entity_ids)))]
+    bucket = bucket_of(entity_ids, buckets)
+    order = np.argsort(bucket, kind="stable")
+    cuts = np.flatnonzero(np.diff(bucket[order])) + 1
+    return [(int(bucket[rows[0]]), rows) for rows in np.split(order, cuts)]
 
 
 class RedisStore(OnlineStore):
@@ -114,7 +87,7 @@ class RedisStore(OnlineStore):
 
     def __init__(self, url: str, cfg: StoreConfig):
         import redis
-        from redis.backoff import NoBackoff
+        from redis.backoff import ExponentialBackoff, NoBackoff
         from redis.retry import Retry
 
         # The password never stays in the URL this object keeps (and prints): it comes from the URL
@@ -131,18 +104,24 @@ class RedisStore(OnlineStore):
             )
         kwargs: dict[str, Any] = {} if password is None else {"password": password}
         read_s, write_s = cfg.timeout_ms / 1000.0, cfg.write_timeout_ms / 1000.0
-        self._rpool = redis.ConnectionPool.from_url(
-            url, socket_timeout=read_s, socket_connect_timeout=read_s, retry=Retry(NoBackoff(), 1), **kwargs
+        # Reads: a dropped connection (server restarted) is retried once on a fresh one; a timeout is
+        # not (the batch reads as missing within timeout_ms).
+        self._r = redis.Redis.from_url(
+            url,
+            socket_timeout=read_s,
+            socket_connect_timeout=read_s,
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+            **kwargs,
         )
-        self._wpool = redis.ConnectionPool.from_url(
+        # Writes: store.retries retries of connection errors and timeouts, waiting backoff_ms, then
+        # twice that, ... (ExponentialBackoff waits base * 2**failures, failures counted from 1).
+        self._w = redis.Redis.from_url(
             url,
             socket_timeout=write_s,
             socket_connect_timeout=min(write_s, 5.0),
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(ExponentialBackoff(cap=BACKOFF_CAP_S, base=cfg.backoff_ms / 2000.0), cfg.retries),
             **kwargs,
         )
-        self._r = redis.Redis(connection_pool=self._rpool)
-        self._w = redis.Redis(connection_pool=self._wpool)
         # Glob characters in the namespace would make the SCAN pattern of drop_version match other keys.
         ns = check_id(cfg.namespace, "store.namespace", self.redacted_url)
         self._k_current, self._k_history, self._k_versions = (
@@ -151,9 +130,6 @@ class RedisStore(OnlineStore):
             f"{ns}:versions",
         )
         self._buckets: dict[str, int] = {}  # version -> bucket count (immutable once written)
-        self._pack = _packer()
-        self._wconn: Any = None  # write connection held while a version is being written
-        self._inflight: list[tuple[str, list[bytes]]] = []  # chunks sent, replies not read yet
         self._damaged_warned: set[str] = set()
 
     # ------------------------------------------------------------------ helpers
@@ -177,38 +153,21 @@ class RedisStore(OnlineStore):
             self._buckets[version] = n
         return n
 
-    def _call(self, what: str, fn: Callable[[], T], *, retries: int = 0) -> T:
-        """Run a backend call; retry connection/timeout errors with backoff; raise StoreError."""
-        attempt = 0
-        while True:
-            try:
-                return fn()
-            except self._redis.AuthenticationError as exc:  # a ConnectionError, but not a retryable one
-                raise StoreError(
-                    f"redis at {self.redacted_url} refused the credentials while {what}: {exc} (the password "
-                    f"comes from the URL or the environment variable {self.cfg.password_env}, "
-                    "store.password_env)"
-                ) from exc
-            except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
-                if attempt >= retries:
-                    raise StoreError(
-                        f"redis at {self.redacted_url} unreachable while {what} "
-                        f"(after {attempt + 1} attempt(s)): {exc}"
-                    ) from exc
-                delay = self.cfg.backoff_ms / 1000.0 * (2**attempt)
-                log.warning(
-                    "redis %s: %s failed (%s); retry %d/%d in %.2fs",
-                    self.redacted_url,
-                    what,
-                    exc,
-                    attempt + 1,
-                    retries,
-                    delay,
-                )
-                time.sleep(delay)
-                attempt += 1
-            except self._redis.RedisError as exc:
-                raise StoreError(f"redis at {self.redacted_url}: {what} failed: {exc}") from exc
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run a backend call (redis-py has retried it as configured: reads once on a dropped
+        connection, writes store.retries times) and turn its errors into one-line StoreErrors."""
+        try:
+            return fn()
+        except self._redis.AuthenticationError as exc:
+            raise StoreError(
+                f"redis at {self.redacted_url} refused the credentials while {what}: {exc} (the password "
+                f"comes from the URL or the environment variable {self.cfg.password_env}, "
+                "store.password_env)"
+            ) from exc
+        except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
+            raise StoreError(f"redis at {self.redacted_url} unreachable while {what}: {exc}") from exc
+        except self._redis.RedisError as exc:
+            raise StoreError(f"redis at {self.redacted_url}: {what} failed: {exc}") from exc
 
     def _version_keys(self, version: str) -> list[str]:
         """Data keys of `version` from its metadata (kinds x buckets); SCAN only without metadata."""
@@ -219,16 +178,14 @@ class RedisStore(OnlineStore):
 
     def _scan(self, pattern: str) -> list[str]:
         """All keys matching `pattern` (SCAN: O(keyspace), for maintenance, never the read path)."""
-        keys: list[str] = []
-        cursor = 0
-        while True:
-            cursor, batch = self._w.scan(cursor=cursor, match=pattern, count=SCAN_COUNT)
-            keys += [k.decode() for k in batch]
-            if cursor == 0:
-                return keys
+        return [k.decode() for k in self._w.scan_iter(match=pattern, count=SCAN_COUNT)]
+
+    def _unlink(self, pipe: Any, keys: list[str]) -> None:
+        for a in range(0, len(keys), 500):
+            pipe.unlink(*keys[a : a + 500])
 
     # ------------------------------------------------------------------ metadata
-    def _read_pointer(self) -> str | None:
+    def current_id(self) -> str | None:
         raw = self._call("reading the current-version pointer", lambda: self._r.get(self._k_current))
         return (
             check_id(raw.decode(), "version", f"{self.redacted_url} key {self._k_current}") if raw else None
@@ -279,64 +236,23 @@ class RedisStore(OnlineStore):
         return [check_id(h.decode(), "version", f"{self.redacted_url} key {self._k_history}") for h in raw]
 
     # ------------------------------------------------------------------ reading
-    def _plan_read(
-        self, version: StoreVersion, kind: str, ids: Sequence[str]
-    ) -> tuple[list[bytes], list[int], np.ndarray | None]:
-        """(packed HMGETs, fields per command, `order`): one HMGET per bucket touched; the values
-        come back grouped by bucket, values[k] belonging to ids[order[k]] (order None: they are
-        already in request order)."""
-        fields = list(map(str, ids))
-        prefix = self._bucket_prefix(version.version, kind)
-        nb = self.buckets(version.version)
-        if nb == 1:
-            return [pack_hmget(prefix + "0", fields, self._pack)], [len(fields)], None
-        bucket = bucket_of(fields, nb)
-        order = np.argsort(bucket, kind="stable")
-        sorted_b = bucket[order]
-        cuts = [0, *(np.flatnonzero(np.diff(sorted_b)) + 1).tolist(), len(fields)]
-        in_order = np.asarray(fields, dtype=object)[order].tolist()
-        packed = [
-            pack_hmget(prefix + str(int(sorted_b[a])), in_order[a:b], self._pack)
-            for a, b in itertools.pairwise(cuts)
-        ]
-        return packed, [b - a for a, b in itertools.pairwise(cuts)], order
-
     def _read_raw(self, version: StoreVersion, kind: str, ids: Sequence[str]) -> list[bytes | None]:
-        if not ids:
+        """One HMGET per bucket touched, all pipelined in one round trip; values in request order."""
+        fields = list(map(str, ids))
+        if not fields:
             return []
-        packed, _, order = self._plan_read(version, kind, ids)
-        got = list(itertools.chain.from_iterable(self._roundtrip(packed)))
-        if order is None:
-            return got
-        out: list[bytes | None] = [None] * len(got)
-        for i, v in zip(order.tolist(), got, strict=True):
-            out[i] = v
+        prefix = self._bucket_prefix(version.version, kind)
+        groups = group_by_bucket(fields, self.buckets(version.version))
+        if len(groups) == 1:
+            return self._r.hmget(prefix + str(groups[0][0]), fields)
+        pipe = self._r.pipeline(transaction=False)
+        for b, rows in groups:
+            pipe.hmget(prefix + str(b), [fields[i] for i in rows.tolist()])
+        out: list[bytes | None] = [None] * len(fields)
+        for (_, rows), values in zip(groups, pipe.execute(), strict=True):
+            for i, v in zip(rows.tolist(), values, strict=True):
+                out[i] = v
         return out
-
-    def _read_decoded(self, version: StoreVersion, kind: str, ids: Sequence[str]) -> codec.Decoded:
-        """The request path: values received into one buffer and decoded from there (resp_values);
-        any absent or odd-sized value takes the general path (hiredis replies, codec.decode_values)."""
-        layout = version.layout
-        packed, counts, order = self._plan_read(version, kind, ids)
-        views, replies = self._roundtrip(
-            packed, lambda sock: resp_values.read_values(sock, counts, layout.size)
-        )
-        now = time.time()
-        n = len(ids)
-        if views is None:
-            got = list(itertools.chain.from_iterable(replies or []))
-            return codec.decode_values(layout, got, self.cfg.max_age_seconds, now, order)
-        if order is None:
-            recs = views[0]
-        else:  # one copy: each command's values scattered to their rows in request order
-            recs = np.empty(n, dtype=views[0].dtype)
-            start = 0
-            for v in views:
-                recs[order[start : start + len(v)]] = v
-                start += len(v)
-        return codec.decode_array(
-            layout, recs.view(layout.rec), np.ones(n, dtype=bool), self.cfg.max_age_seconds, now
-        )
 
     # ------------------------------------------------------------------ writing
     def _begin_version(self, meta: StoreVersion) -> dict[str, int]:
@@ -361,8 +277,7 @@ class RedisStore(OnlineStore):
                     len(orphans) + bool(existing),
                 )
                 pipe = self._w.pipeline(transaction=False)
-                for a in range(0, len(orphans), 500):
-                    pipe.unlink(*orphans[a : a + 500])
+                self._unlink(pipe, orphans)
                 pipe.delete(key)
                 pipe.execute()
             fields = {
@@ -377,182 +292,26 @@ class RedisStore(OnlineStore):
             self._buckets[meta.version] = buckets
             return {}
 
-        return self._call(f"starting version {meta.version}", begin, retries=self.cfg.retries)
+        return self._call(f"starting version {meta.version}", begin)
 
     def _begin_kind(self, version: str, kind: str, batch: EntityBatch, layout: codec.Layout) -> None:
         return None
 
     def _write_chunk(self, version: str, kind: str, start: int, ids: np.ndarray, recs: np.ndarray) -> None:
-        prefix = self._bucket_prefix(version, kind)
-        nb = self.buckets(version)
-        id_list = ids.tolist()
-        if nb == 1:
-            groups = [(0, id_list, codec.split_records(recs))]
-        else:
-            bucket = bucket_of(id_list, nb)
-            order = np.argsort(bucket, kind="stable")
-            sorted_b = bucket[order]
-            cuts = [0, *(np.flatnonzero(np.diff(sorted_b)) + 1).tolist(), len(id_list)]
-            ids_o = ids[order].tolist()
-            vals_o = codec.split_records(recs[order])
-            groups = [
-                (int(sorted_b[a]), ids_o[a:b], vals_o[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)
-            ]
-        # Packed here (hiredis, in C) rather than through redis-py's pipeline, whose per-argument
-        # Python checks cost more than the rest of the write path together. The first command of
-        # the transaction tells whether the version's metadata still exists (_check_exec).
-        packed = [self._pack(("MULTI",)), self._pack(("HEXISTS", self._meta_key(version), "counts"))]
-        for b, fields, values in groups:
-            flat: list[Any] = [None] * (2 + 2 * len(fields))
-            flat[0], flat[1] = "HSET", prefix + str(b)
-            flat[2::2] = fields
-            flat[3::2] = values
-            packed.append(self._pack(tuple(flat)))
-        packed.append(self._pack(("HSET", self._meta_key(version), f"progress:{kind}", start + len(ids))))
-        packed.append(self._pack(("EXEC",)))
-
+        prefix, meta = self._bucket_prefix(version, kind), self._meta_key(version)
+        id_list, values = ids.tolist(), codec.split_records(recs)
+        pipe = self._w.pipeline(transaction=True)
+        pipe.hexists(meta, "counts")  # False: the server lost the version's metadata
+        for b, rows in group_by_bucket(id_list, self.buckets(version)):
+            pipe.hset(prefix + str(b), mapping={id_list[i]: values[i] for i in rows.tolist()})
+        pipe.hset(meta, f"progress:{kind}", start + len(ids))
         what = f"writing version {version} {kind} entities {start}..{start + len(ids)}"
-        self._send_chunk(what, packed)
-
-    # One chunk in flight: chunk i+1 is encoded (client CPU) while the server executes chunk i, and
-    # chunk i's replies are read after chunk i+1 is sent. Each chunk is its own MULTI/EXEC with its
-    # progress, so what the server holds is always a consistent prefix; on any error the unconfirmed
-    # chunks are re-sent synchronously (HSET overwrites: idempotent) with the usual retries.
-    def _send_chunk(self, what: str, packed: list[bytes]) -> None:
-        self._inflight.append((what, packed))  # before sending: a failed send must re-send it too
-        try:
-            if self._wconn is None:
-                self._wconn = self._wpool.get_connection()
-            self._wconn.send_packed_command(packed, check_health=False)
-            while len(self._inflight) > 1:
-                self._read_chunk_replies(*self._inflight[0])
-                self._inflight.pop(0)
-        except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
-            self._drop_wconn()
-            self._resend_inflight(exc)
-        except self._redis.RedisError as exc:
-            self._drop_wconn()
-            self._inflight = []
-            raise StoreError(f"redis at {self.redacted_url}: {what} failed: {exc}") from exc
-        except BaseException:  # interrupted: what reached the server is a consistent prefix
-            self._drop_wconn()
-            self._inflight = []
-            raise
-
-    def _read_chunk_replies(self, what: str, packed: list[bytes]) -> None:
-        conn = self._wconn
-        assert conn is not None
-        for _ in range(len(packed) - 1):  # OK, QUEUED...
-            conn.read_response()
-        self._check_exec(what, conn.read_response())
-
-    def _check_exec(self, what: str, result: Any) -> None:
-        """EXEC's reply to a chunk: aborted, or the metadata was gone when the chunk landed (its
-        HEXISTS said 0: the server lost the version, e.g. restarted without persistence)."""
-        if result is None:
-            raise self._redis.RedisError("transaction aborted")
-        if not result or result[0] != 1:
+        result = self._call(what, pipe.execute)
+        if not result[0]:
             raise VersionLostError(f"the server no longer holds the metadata of the version ({what})")
 
-    def _drop_wconn(self) -> None:
-        if self._wconn is not None:
-            self._wconn.disconnect()
-            self._wpool.release(self._wconn)
-            self._wconn = None
-
-    def _resend_inflight(self, exc: BaseException) -> None:
-        pending, self._inflight = self._inflight, []
-        log.warning(
-            "redis %s: write connection failed (%s); re-sending %d chunk(s)",
-            self.redacted_url,
-            exc,
-            len(pending),
-        )
-        for what, packed in pending:
-            result = self._call(
-                what, lambda packed=packed: self._transaction(packed), retries=self.cfg.retries
-            )
-            self._check_exec(what, result)
-
-    def _flush_writes(self) -> None:
-        """Confirm the chunk still in flight and give the write connection back."""
-        if self._wconn is None:
-            self._inflight = []
-            return
-        try:
-            while self._inflight:
-                self._read_chunk_replies(*self._inflight[0])
-                self._inflight.pop(0)
-        except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
-            self._drop_wconn()
-            self._resend_inflight(exc)
-        except self._redis.RedisError as exc:
-            what = self._inflight[0][0] if self._inflight else "writing"
-            self._drop_wconn()
-            self._inflight = []
-            raise StoreError(f"redis at {self.redacted_url}: {what} failed: {exc}") from exc
-        except BaseException:
-            self._drop_wconn()
-            self._inflight = []
-            raise
-        if self._wconn is not None:
-            self._wpool.release(self._wconn)
-            self._wconn = None
-
-    def _roundtrip(self, packed: list[bytes], receive: Callable[[Any], T] | None = None) -> T | list[Any]:
-        """Read path: send pre-packed commands in one round trip on a pooled read connection and
-        return their replies (no per-argument Python work), or `receive(socket)` when given (the
-        buffered value reader, resp_values). A dropped connection (server restarted) is retried
-        once on a fresh one; a timeout is not retried (the caller reports missing)."""
-        for attempt in (0, 1):
-            conn = self._rpool.get_connection()
-            try:
-                # one buffer, one sendall: redis-py would write each command separately, and every
-                # write wakes the server for a partial batch (a syscall and a context switch each)
-                conn.send_packed_command(
-                    [b"".join(packed)] if len(packed) > 1 else packed, check_health=False
-                )
-                if receive is None:
-                    return [conn.read_response() for _ in packed]
-                return receive(conn._sock)
-            except (self._redis.ConnectionError, ConnectionError) as exc:
-                conn.disconnect()
-                if attempt:
-                    if isinstance(exc, self._redis.ConnectionError):
-                        raise
-                    raise self._redis.ConnectionError(str(exc)) from exc
-            except TimeoutError as exc:  # the socket's own timeout (resp_values reads the socket)
-                conn.disconnect()
-                raise self._redis.TimeoutError(f"timeout reading from redis: {exc}") from exc
-            except resp_values.ReplyError as exc:
-                conn.disconnect()
-                raise self._redis.ResponseError(str(exc)) from exc
-            except BaseException:
-                conn.disconnect()
-                raise
-            finally:
-                self._rpool.release(conn)
-        raise AssertionError("unreachable")
-
-    def _transaction(self, packed: list[bytes]) -> list[Any]:
-        """Send pre-packed MULTI ... EXEC commands on one pooled write connection; read every reply.
-        Any failure drops the connection (its unread replies would confuse the next user)."""
-        conn = self._wpool.get_connection()
-        try:
-            conn.send_packed_command(packed, check_health=False)
-            replies = [conn.read_response() for _ in range(len(packed) - 1)]  # OK, QUEUED...
-            result = conn.read_response()  # EXEC: the list of replies, or an error (raised)
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            self._wpool.release(conn)
-        if result is None:
-            raise self._redis.RedisError(f"transaction aborted (replies {replies[:3]}...)")
-        return result
-
     def _end_writes(self, version: str) -> None:
-        self._flush_writes()
+        return None  # every chunk was confirmed by its EXEC
 
     def _count(self, version: str, kind: str, ids: np.ndarray) -> int:
         """Fields stored for `kind` (HLEN per bucket): O(buckets), not O(entities). Each entity is
@@ -576,14 +335,13 @@ class RedisStore(OnlineStore):
         )
 
     def drop_version(self, version: str) -> None:
-        if self._read_pointer() == version:
+        if self.current_id() == version:
             raise StoreError(f"version {version} is current; roll back or switch before dropping it")
 
         def drop() -> None:
             keys = self._version_keys(version)
             pipe = self._w.pipeline(transaction=False)
-            for a in range(0, len(keys), 500):
-                pipe.unlink(*keys[a : a + 500])
+            self._unlink(pipe, keys)
             pipe.delete(self._meta_key(version))
             pipe.srem(self._k_versions, version)
             pipe.execute()
@@ -592,7 +350,8 @@ class RedisStore(OnlineStore):
         self._call(f"dropping version {version}", drop)
 
     # ------------------------------------------------------------------ pointer
-    def _switch(self, version: str, previous: str | None, history: list[str]) -> None:
+    def _write_pointers(self, current: str, history: list[str], previous: str | None) -> None:
+        version = current
         ttl = self.cfg.old_version_ttl_seconds
         meta = self._meta_key(version)
 
@@ -615,8 +374,8 @@ class RedisStore(OnlineStore):
                 pipe.hset(self._meta_key(previous), "retired_at", str(time.time()))
             pipe.execute()
 
-        self._call(f"keeping version {version}", persist, retries=self.cfg.retries)
-        self._call(f"switching the pointer to {version}", switch, retries=self.cfg.retries)
+        self._call(f"keeping version {version}", persist)
+        self._call(f"switching the pointer to {version}", switch)
         if previous:
             try:
                 keys = self._version_keys(previous)
@@ -643,7 +402,7 @@ class RedisStore(OnlineStore):
                 if is_valid_id(version):
                     data.setdefault(version, []).append(key)
             metas = {k[len(ns) + 6 :] for k in self._scan(f"{ns}:meta:*")}
-            current = self._read_pointer()
+            current = self.current_id()
             out = []
             for version in sorted(set(data) | {m for m in metas if is_valid_id(m)}):
                 raw = self._w.hgetall(self._meta_key(version)) if version in metas else {}
@@ -677,7 +436,7 @@ class RedisStore(OnlineStore):
             info = self._w.info("memory")
             mem: dict[str, Any] = {k: info.get(k) for k in ("used_memory", "used_memory_human", "maxmemory")}
             mem["dbsize"] = self._w.dbsize()
-            cur = self._read_pointer()
+            cur = self.current_id()
             meta = self.version_info(cur) if cur else None
             if meta is not None:
                 nb = self.buckets(cur)
@@ -698,7 +457,5 @@ class RedisStore(OnlineStore):
             return False
 
     def close(self) -> None:
-        self._drop_wconn()
-        self._inflight = []
-        self._rpool.disconnect()
-        self._wpool.disconnect()
+        self._r.connection_pool.disconnect()
+        self._w.connection_pool.disconnect()

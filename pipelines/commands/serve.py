@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from feature_store.online_store import open_store
+    from feature_store.online import open_store
     from ranker.serving.artifact import ModelLoadError
     from ranker.serving.http import body_limit, create_app, token_from_env
     from ranker.serving.runtime import KnowledgeMismatchError, Ranker

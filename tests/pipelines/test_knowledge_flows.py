@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from feature_store.offline_store import OfflineStore
-from feature_store.online_store import open_store
+from feature_store.online import open_store
 from llm4msr.config import load_config
 from pipelines.flows.common import FAIL_SHARD_ENV
 from tests.pipelines.conftest import assert_json_only, snapshot_vectors, write_flow_config

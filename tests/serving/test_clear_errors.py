@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from feature_store.materialize import materialize
-from feature_store.online_store import open_store
+from feature_store.online import open_store
 from llm4msr.atomic import sha256_file
 from ranker.serving.http import create_app
 from ranker.serving.runtime import Ranker

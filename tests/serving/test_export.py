@@ -89,7 +89,7 @@ def test_every_model_exports_with_parity(tiny_ds, tmp_path: Path, backbone: str,
         np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
         assert np.std(ref) > 1e-3 or b == 1  # scores actually vary, so the comparison means something
     if not use_llm:  # a plain model is served without touching the online store
-        from feature_store.online_store import open_store
+        from feature_store.online import open_store
         from ranker.serving.runtime import Ranker
         from tests.serving.conftest import serve_cfg, store_cfg
 

@@ -13,7 +13,7 @@ import pytest
 
 from bench import serving_http as H
 from feature_store.materialize import materialize
-from feature_store.online_store import open_store
+from feature_store.online import open_store
 from llm4msr.config import load_config
 from ranker.serving.runtime import Ranker
 from tests.serving.conftest import store_cfg

@@ -16,7 +16,7 @@ from feature_store.dataset import load_dataset
 from feature_store.knowledge_snapshot import read_manifest
 from feature_store.materialize import materialize
 from feature_store.offline_store import OfflineStore
-from feature_store.online_store import open_store
+from feature_store.online import open_store
 from pipelines.cli import main
 from ranker.serving import artifact as A
 from ranker.serving.runtime import KnowledgeMismatchError, Ranker

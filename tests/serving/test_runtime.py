@@ -16,7 +16,7 @@ import pytest
 
 from feature_store.materialize import materialize
 from feature_store.offline_store import OfflineStore
-from feature_store.online_store import open_store
+from feature_store.online import open_store
 from ranker.serving.artifact import MODEL_FILE, ModelLoadError, load_artifact
 from ranker.serving.runtime import KnowledgeMismatchError, Ranker, ScoringRequestError
 from tests.ranker.helpers import make_snapshot
@@ -180,7 +180,7 @@ def test_missing_or_corrupt_model(trained, tmp_path: Path) -> None:  # noqa: ANN
 def test_serving_imports_no_llm_code() -> None:
     code = (
         "import sys\n"
-        "import ranker.serving.runtime, ranker.serving.http, feature_store.online_store, pipelines.commands.serve\n"
+        "import ranker.serving.runtime, ranker.serving.http, feature_store.online, pipelines.commands.serve\n"
         "from pipelines.cli import build_parser; build_parser()\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('vllm', 'transformers', 'knowledge_service',"
         " 'torch', 'sentence_transformers'))\n"

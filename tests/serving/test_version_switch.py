@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from feature_store.knowledge_snapshot import load_snapshot
 from feature_store.materialize import materialize
 from feature_store.offline_store import OfflineStore
-from feature_store.online_store import open_store
+from feature_store.online import open_store
 from ranker.serving.http import create_app
 from ranker.serving.runtime import Ranker
 from tests.ranker.helpers import make_snapshot
