@@ -14,7 +14,11 @@ import importlib
 import logging
 import sys
 
+from llm4msr.errors import UserError
 from llm4msr.logs import setup_logging
+from pipelines.commands.common import add_config_args
+
+__all__ = ["UserError", "add_config_args", "build_parser", "main"]
 
 # Order = order in --help. A module that is not written yet is skipped.
 COMMAND_MODULES = [
@@ -33,23 +37,6 @@ COMMAND_MODULES = [
 ]
 
 log = logging.getLogger("llm4msr")
-
-
-class UserError(Exception):
-    """An error caused by input or configuration; printed as one clear message, exit code 2."""
-
-
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    """The shared --config / --set options every stage accepts."""
-    parser.add_argument("--config", metavar="FILE", help="YAML config (defaults: configs/default.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value, e.g. --set train.epochs=3 (repeatable)",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
