@@ -52,6 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "keep +LLM4MSR only if it beats plain on validation by more than train.select_min_z standard "
         "errors; the decision goes to RUN_DIR/selection.json (default: train.select)",
     )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel training over torch.distributed ranks (gloo on CPU, NCCL on GPU); launch with "
+        "`torchrun --nproc-per-node N -m pipelines.cli train --distributed ...` (docs/ranker.md)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create")
     p.set_defaults(handler=_train)
@@ -100,6 +106,20 @@ def _train(args: argparse.Namespace) -> int:
     select = settings.train.select == "auto"
     if select and (not settings.train.use_llm or args.seeds):
         raise UserError("--select auto compares plain with +LLM4MSR for one seed: drop --no-llm / --seeds")
+    if args.distributed:
+        if select or args.seeds:
+            raise UserError("--distributed trains one run: drop --seeds / --select auto")
+        from ranker.distributed import DistributedError, train_distributed
+
+        try:
+            result = train_distributed(
+                settings, data, knowledge if settings.train.use_llm else None, out, overwrite=args.overwrite
+            )
+        except DistributedError as exc:
+            raise UserError(str(exc)) from exc
+        if result is not None:  # rank 0
+            print(f"{out}: distributed run, test AUC={result.metrics['final']['overall']['auc']:.4f}")
+        return 0
     if select:
         from ranker.selection import train_selected
 
