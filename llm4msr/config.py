@@ -220,7 +220,6 @@ class ExportConfig(Section):
     opset: int = Field(18, ge=13)
     parity_atol: float = Field(1e-5, gt=0.0)
     variants: list[Literal["float16", "int8"]] = Field(default_factory=list)
-    models_dir: str = "artifacts/models"
     # auto: the dynamo exporter, falling back to the legacy TorchScript exporter if it fails.
     exporter: Literal["auto", "dynamo", "legacy"] = "auto"
     example_batch: int = Field(4, ge=2)  # a batch of 1 can freeze the batch dimension
@@ -261,7 +260,6 @@ class PipelinesConfig(Section):
     timezone: str = "UTC"
     task_retries: int = Field(2, ge=0)
     task_retry_delay_seconds: int = Field(10, ge=0)
-    task_timeout_seconds: int = Field(3600, ge=1)
     max_auc_regression: float = Field(0.002, ge=0.0)  # refuse to register a model worse than this
     work_pool: str = "llm4msr-pool"
     # Flow bookkeeping: staged exports, per-run reports, Prefect's persisted task results (cache).

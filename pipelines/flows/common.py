@@ -7,7 +7,8 @@ Rules every flow follows (see docs/pipelines.md):
   tasks (`cached_result`) are keyed on those hashes and store their result as a plain JSON file in
   `pipelines.results_dir`. Prefect persists no result at all: its cache would deserialize a stored
   record with whatever serializer the record names, pickle included (see `cached_result`).
-- Retries, retry delay and timeout come from the `pipelines` config section (`with_config`).
+- Retries and retry delay come from the `pipelines` config section (`with_config`); no task
+  timeout (see `task_options`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import logging
 import os
 import time
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -154,14 +156,19 @@ def cached_result(
     `results_dir` parameter) and reads it back with `json.loads` only; a file there that is not
     such a record is logged and replaced by a fresh result. `check(result)` says why a cached
     result no longer holds (e.g. the file it names changed), or None; then the task runs again.
-    The task name is the function name with dashes (train_ranker -> train-ranker).
+    The task name is the function name with dashes (train_ranker -> train-ranker). A result
+    dataclass (pipelines.flows.results) is stored as its JSON form and rebuilt as the function's
+    annotated return type.
     """
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        from pipelines.flows.results import from_json, to_json
+
         task = fn.__name__.replace("_", "-")
         signature = inspect.signature(fn)
         if "results_dir" not in signature.parameters or not set(params) <= set(signature.parameters):
             raise TypeError(f"{fn.__name__}: cached_result needs a results_dir parameter and {params}")
+        returns = typing.get_type_hints(fn).get("return", Any)
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -173,6 +180,11 @@ def cached_result(
             logger = run_logger()
             try:
                 cached = read_cached_result(path, task, key)
+                if cached is not MISSING:
+                    try:
+                        cached = from_json(returns, cached)
+                    except TypeError as exc:
+                        raise InvalidCachedResult(f"not a {task} result ({exc})") from None
             except InvalidCachedResult as exc:
                 logger.warning("ignoring %s (%s); computing the result again", path, exc)
                 cached = MISSING
@@ -185,7 +197,7 @@ def cached_result(
                     "%s: cached result %s no longer holds (%s); running again", task, path.name, stale
                 )
             result = fn(*args, **kwargs)
-            write_cached_result(path, task, key, result)
+            write_cached_result(path, task, key, to_json(result))
             return result
 
         return wrapper
@@ -194,14 +206,19 @@ def cached_result(
 
 
 def task_options(settings: Settings) -> dict[str, Any]:
-    """Retries, retry delay and timeout from the pipelines config. Prefect persists no task result
+    """Retries and retry delay from the pipelines config. Prefect persists no task result
     (`cached_result` caches them as JSON); what it does write (a failure's exception) is JSON, in
-    pipelines.results_dir."""
+    pipelines.results_dir.
+
+    No task timeout: Prefect runs these sync tasks in worker threads, where a timeout cannot stop
+    a blocking call (an LLM batch, a training epoch in C code); it only marks the task failed once
+    the call returns, and warned on every run. Hard limits belong to the process running the flow
+    (the work pool's job, a Dask worker's lifetime); see docs/pipelines.md.
+    """
     p = settings.pipelines
     return {
         "retries": p.task_retries,
         "retry_delay_seconds": p.task_retry_delay_seconds,
-        "timeout_seconds": p.task_timeout_seconds,
         "persist_result": False,
         "result_serializer": RESULT_SERIALIZER,
         # a Path: Prefect uses a LocalFileSystem there without a server-side block, so runs work the
@@ -211,7 +228,7 @@ def task_options(settings: Settings) -> dict[str, Any]:
 
 
 def with_config(task_obj: Any, settings: Settings, **extra: Any) -> Any:
-    """`task.with_options(...)` with the configured retries/timeouts and JSON-only result records."""
+    """`task.with_options(...)` with the configured retries and JSON-only result records."""
     opts = task_options(settings)
     opts.update(extra)
     return task_obj.with_options(**opts)
@@ -247,10 +264,14 @@ def fail_shard_hook(shard_index: int) -> None:
         raise RuntimeError(f"{FAIL_SHARD_ENV}={raw}: failing shard {shard_index} on purpose (rehearsal)")
 
 
-def write_report(settings: Settings, flow_name: str, report: dict[str, Any]) -> Path:
-    """Write the flow's report (what it did, timings) atomically under pipelines.work_dir/reports."""
+def write_report(settings: Settings, flow_name: str, report: Any) -> Path:
+    """Write the flow's report (a result dataclass, as JSON) atomically under
+    pipelines.work_dir/reports/<flow>/<stamp>.json and latest.json; returns the stamped path."""
     from llm4msr.atomic import write_json_atomic
     from llm4msr.provenance import utc_now_iso
+    from pipelines.flows.results import to_json
+
+    report = to_json(report)
 
     stamp = utc_now_iso().replace(":", "").replace("+0000", "Z")
     out = Path(settings.pipelines.work_dir) / "reports" / flow_name / f"{stamp}.json"

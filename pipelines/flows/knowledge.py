@@ -26,6 +26,7 @@ from typing import Any
 from prefect import flow, task, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from feature_store.materialize import MaterializeReport
 from llm4msr.config import DataConfig, KnowledgeConfig, Settings, StoreConfig
 from llm4msr.secrets import export_password, redact_tree
 from pipelines.flows.common import (
@@ -40,6 +41,13 @@ from pipelines.flows.common import (
     run_logger,
     with_config,
     write_report,
+)
+from pipelines.flows.results import (
+    DatasetRef,
+    KnowledgeFlowResult,
+    PlanSummary,
+    ShardResult,
+    SnapshotInfo,
 )
 
 
@@ -92,7 +100,7 @@ def _check_base(snapshot_root: str, base_id: str | None) -> None:
 
 # --------------------------------------------------------------------------- tasks
 @task(name="locate-dataset", persist_result=False)
-def locate_dataset(data: dict[str, Any], build_if_missing: bool) -> dict[str, Any]:
+def locate_dataset(data: dict[str, Any], build_if_missing: bool) -> DatasetRef:
     """The current canonical dataset folder and its content id; builds it if missing (and allowed)."""
     from feature_store.dataset import DataError
 
@@ -112,13 +120,13 @@ def locate_dataset(data: dict[str, Any], build_if_missing: bool) -> dict[str, An
         logger.info("built canonical dataset %s at %s in %.1fs", cfg.dataset, out, time.perf_counter() - t0)
     dig = folder_digest(out)
     logger.info("canonical dataset %s (content id %s)", out, dig)
-    return {"path": str(out.resolve()), "digest": dig}
+    return DatasetRef(path=str(out.resolve()), digest=dig)
 
 
 @task(name="plan-knowledge", persist_result=False)  # cheap, and must see the current snapshot every time
 def plan_knowledge(
     dataset_dir: str, snapshot_root: str, knowledge: dict[str, Any], full: bool
-) -> dict[str, Any]:
+) -> PlanSummary:
     """Render prompts, decide carry-over against the current snapshot, assign shards; save the plan."""
     from feature_store.knowledge_snapshot import read_manifest
     from knowledge_service import runner
@@ -142,27 +150,27 @@ def plan_knowledge(
             and base_total == len(kp.prompts)
             and base_manifest.get("dataset_version") == kp.dataset_version
         )
-    summary = {
-        "run_key": kp.run_key,
-        "plan_path": str(plan_path),
-        "plan_sha256": file_digest(plan_path),
-        "num_shards": len(kp.shards),
-        "shard_sizes": [len(s) for s in kp.shards],
-        "missing_shards": kp.missing_shards(),
-        "n_prompts": len(kp.prompts),
-        "n_encode": n_encode,
-        "n_carry": len(kp.carried),
-        "n_users_without_history": len(kp.users_without_history),
-        "base_snapshot_id": base_id,
-        "unchanged": unchanged,
-    }
+    summary = PlanSummary(
+        run_key=kp.run_key,
+        plan_path=str(plan_path),
+        plan_sha256=file_digest(plan_path),
+        num_shards=len(kp.shards),
+        shard_sizes=[len(s) for s in kp.shards],
+        missing_shards=list(kp.missing_shards()),
+        n_prompts=len(kp.prompts),
+        n_encode=n_encode,
+        n_carry=len(kp.carried),
+        n_users_without_history=len(kp.users_without_history),
+        base_snapshot_id=base_id,
+        unchanged=unchanged,
+    )
     run_logger().info(
         "plan %s: %d prompts, %d to encode in %d shards (%d already committed), %d carried over from %s%s",
         kp.run_key,
         len(kp.prompts),
         n_encode,
         len(kp.shards),
-        len(kp.shards) - len(summary["missing_shards"]),
+        len(kp.shards) - len(summary.missing_shards),
         len(kp.carried),
         base_id,
         " (full)" if full else "",
@@ -170,11 +178,10 @@ def plan_knowledge(
     return summary
 
 
-def _shard_file_changed(result: dict[str, Any]) -> str | None:
+def _shard_file_changed(result: ShardResult) -> str | None:
     """A cached shard result holds only while its committed file is still there, unchanged."""
-    path = result.get("path") if isinstance(result, dict) else None
-    if not path or file_digest(path) != result.get("sha256"):
-        return f"shard file {path} is missing or changed"
+    if not result.path or file_digest(result.path) != result.sha256:
+        return f"shard file {result.path} is missing or changed"
     return None
 
 
@@ -182,7 +189,7 @@ def _shard_file_changed(result: dict[str, Any]) -> str | None:
 @cached_result("run_key", "plan_sha256", "shard_index", check=_shard_file_changed)
 def encode_shard(
     shard_index: int, run_key: str, plan_path: str, plan_sha256: str | None, results_dir: str
-) -> dict[str, Any]:
+) -> ShardResult:
     """Encode one shard with the process's cached LLM backend; the shard file is committed atomically.
 
     Cached on (run key, plan hash, shard) as JSON in `results_dir`: a re-run of an interrupted run
@@ -199,19 +206,15 @@ def encode_shard(
     seconds = time.perf_counter() - t0
     n = len(kp.shards[shard_index])
     run_logger().info("shard %d: %d prompts encoded in %.2fs -> %s", shard_index, n, seconds, path.name)
-    return {
-        "shard": shard_index,
-        "n": n,
-        "path": str(path),
-        "sha256": file_digest(path),
-        "seconds": round(seconds, 3),
-    }
+    return ShardResult(
+        shard=shard_index, n=n, path=str(path), sha256=file_digest(path), seconds=round(seconds, 3)
+    )
 
 
 @task(name="assemble-snapshot", persist_result=False)
 def assemble_snapshot(
-    run_key: str, plan_path: str, plan_sha256: str | None, shards: list[dict[str, Any]], base_id: str | None
-) -> dict[str, Any]:
+    run_key: str, plan_path: str, plan_sha256: str | None, shards: list[ShardResult], base_id: str | None
+) -> SnapshotInfo:
     """Merge shards + carried vectors, validate, optional PCA, publish as the offline store's CURRENT."""
     from feature_store.knowledge_snapshot import read_manifest
     from knowledge_service import runner
@@ -219,29 +222,33 @@ def assemble_snapshot(
     kp = load_plan(plan_path, plan_sha256)
     _check_base(kp.snapshot_root, base_id)
     for s in shards:
-        if s.get("sha256") and file_digest(s["path"]) != s["sha256"]:
-            raise FlowError(f"shard file {s['path']} changed after it was encoded; re-run the flow")
+        if s.sha256 and file_digest(s.path) != s.sha256:
+            raise FlowError(f"shard file {s.path} changed after it was encoded; re-run the flow")
     path = Path(runner.assemble(kp))
-    manifest = read_manifest(path)
-    info = {
-        "snapshot_id": manifest["snapshot_id"],
-        "path": str(path),
-        "knowledge_family": manifest.get("knowledge_family"),
-        "dimension": manifest.get("dimension"),
-        "counts": manifest.get("counts"),
-        "n_encoded": manifest.get("n_encoded"),
-        "n_carried": manifest.get("n_carried"),
-        "manifest_sha256": folder_digest(path),
-    }
+    info = _snapshot_info(path, read_manifest(path))
     run_logger().info(
         "published snapshot %s to %s: %s, %s encoded, %s carried over",
-        info["snapshot_id"],
+        info.snapshot_id,
         kp.snapshot_root,
-        info["counts"],
-        info["n_encoded"],
-        info["n_carried"],
+        info.counts,
+        info.n_encoded,
+        info.n_carried,
     )
     return info
+
+
+def _snapshot_info(path: Path, manifest: dict[str, Any], *, unchanged: bool = False) -> SnapshotInfo:
+    """A snapshot's summary from its manifest; `unchanged`: reused as is (nothing encoded by this run)."""
+    return SnapshotInfo(
+        snapshot_id=manifest["snapshot_id"],
+        path=str(path),
+        knowledge_family=manifest.get("knowledge_family"),
+        dimension=manifest.get("dimension"),
+        counts=manifest.get("counts"),
+        n_encoded=0 if unchanged else manifest.get("n_encoded"),
+        n_carried=sum(manifest.get("counts", {}).values()) if unchanged else manifest.get("n_carried"),
+        manifest_sha256=folder_digest(path),
+    )
 
 
 def _discard_plan(plan_path: str) -> None:
@@ -251,30 +258,20 @@ def _discard_plan(plan_path: str) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _current_snapshot_info(snapshot_root: str) -> dict[str, Any]:
+def _current_snapshot_info(snapshot_root: str) -> SnapshotInfo:
     from feature_store.knowledge_snapshot import read_manifest
     from feature_store.offline_store import OfflineStore
 
     path = OfflineStore(snapshot_root).current_path()
     if path is None:
         raise FlowError(f"no current snapshot in {snapshot_root}")
-    manifest = read_manifest(path)
-    return {
-        "snapshot_id": manifest["snapshot_id"],
-        "path": str(path),
-        "knowledge_family": manifest.get("knowledge_family"),
-        "dimension": manifest.get("dimension"),
-        "counts": manifest.get("counts"),
-        "n_encoded": 0,
-        "n_carried": sum(manifest.get("counts", {}).values()),
-        "manifest_sha256": folder_digest(path),
-    }
+    return _snapshot_info(path, read_manifest(path), unchanged=True)
 
 
 @task(name="materialize-online", persist_result=False)  # never cached: the store may have been wiped
 def materialize_online(
     snapshot_dir: str, snapshot_id: str, store_url: str, store: dict[str, Any]
-) -> dict[str, Any]:
+) -> MaterializeReport:
     """Write the snapshot as a new online version; the store's pointer switches only after verification.
 
     Idempotent: `materialize` does nothing when the version is already current and resumes a
@@ -284,7 +281,6 @@ def materialize_online(
 
     cfg = StoreConfig.model_validate(store)
     report = materialize(Path(snapshot_dir), store_url, cfg)
-    out = {k: v for k, v in report.to_dict().items() if k != "verified"}
     run_logger().info(
         "materialized %s into %s (%s): %d keys written, %d skipped in %.2fs%s",
         snapshot_id,
@@ -295,7 +291,7 @@ def materialize_online(
         report.seconds,
         " (already current)" if report.already_current else "",
     )
-    return out
+    return report
 
 
 # --------------------------------------------------------------------------- task runners / subflow
@@ -320,9 +316,7 @@ def make_task_runner(settings: Settings) -> Any:
 
 
 @flow(name="encode-knowledge-shards", persist_result=False, result_serializer=RESULT_SERIALIZER)
-def encode_shards(
-    config: str | None, overrides: list[str] | None, plan: dict[str, Any]
-) -> list[dict[str, Any]]:
+def encode_shards(config: str | None, overrides: list[str] | None, plan: dict[str, Any]) -> list[ShardResult]:
     """Fan the shards out over the configured task runner (a subflow, so the runner follows the config)."""
     settings = load_settings(config, overrides)
     futures = with_config(encode_shard, settings).map(
@@ -337,14 +331,13 @@ def encode_shards(
 
 def _run_knowledge(
     config: str | None, overrides: list[str] | None, full: bool, *, refresh: bool, materialize: bool
-) -> dict[str, Any]:
+) -> KnowledgeFlowResult:
     settings = load_settings(config, overrides)
     logger = run_logger()
     timer = StageTimer()
     kn = settings.knowledge.model_dump(mode="json")
     root = settings.knowledge.snapshot_root
     flow_name = "feature-refresh" if refresh else "nightly-knowledge"
-    report: dict[str, Any] = {"flow": flow_name, "full": full, "snapshot_root": root}
 
     with timer.stage("data"):
         dataset = with_config(locate_dataset, settings)(
@@ -353,11 +346,11 @@ def _run_knowledge(
     if refresh:
         _check_refresh_rules(settings, _current_snapshot_id(root))
     with timer.stage("plan"):
-        plan = with_config(plan_knowledge, settings)(dataset["path"], root, kn, full)
-    base_id = plan["base_snapshot_id"]
-    report.update(dataset=dataset, base_snapshot_id=base_id, plan=plan)
+        plan = with_config(plan_knowledge, settings)(dataset.path, root, kn, full)
+    base_id = plan.base_snapshot_id
 
-    if plan["unchanged"]:
+    shards: list[ShardResult] | None = None
+    if plan.unchanged:
         # Nothing to encode and the current snapshot already holds exactly these entities: do not
         # publish a copy. The online step still runs (a no-op when it already serves this version),
         # which also completes an earlier run whose materialization failed.
@@ -366,42 +359,85 @@ def _run_knowledge(
         )
         snap = _current_snapshot_info(root)
         status = "up-to-date"
-        _discard_plan(plan["plan_path"])
+        _discard_plan(plan.plan_path)
     else:
         with timer.stage("encode"):
             shards = encode_shards.with_options(task_runner=make_task_runner(settings))(
-                config, overrides, plan
+                config, overrides, plan.to_dict()
             )
         with timer.stage("assemble"):
             snap = with_config(assemble_snapshot, settings)(
-                plan["run_key"], plan["plan_path"], plan["plan_sha256"], shards, base_id
+                plan.run_key, plan.plan_path, plan.plan_sha256, shards, base_id
             )
-        report["shards"] = shards
         status = "published"
-    report.update(snapshot=snap, snapshot_id=snap["snapshot_id"])
+    mat = None
     if materialize:
         with timer.stage("materialize"):
             # Task parameters are recorded: the store's password travels in store.password_env.
             store_url = export_password(settings.store.url, settings.store.password_env)
             mat = with_config(materialize_online, settings)(
-                snap["path"],
-                snap["snapshot_id"],
+                snap.path,
+                snap.snapshot_id,
                 store_url,
                 redact_tree(settings.store.model_dump(mode="json")),
             )
-        report["materialize"] = mat
-    report.update(status=status, timings=timer.timings)
+    # Only after the switch (offline CURRENT and, when materializing, the online pointer)
+    # succeeded: a failed run never deletes anything.
+    deleted = retain_snapshots(settings)
+    report = KnowledgeFlowResult(
+        flow=flow_name,
+        full=full,
+        snapshot_root=root,
+        dataset=dataset,
+        base_snapshot_id=base_id,
+        plan=plan,
+        snapshot=snap,
+        snapshot_id=snap.snapshot_id,
+        status=status,
+        shards=shards,
+        materialize=mat,
+        retained_deleted=deleted,
+        timings=timer.timings,
+    )
     logger.info(
         "%s done (%s): snapshot %s, %d encoded, %d carried over; stage seconds %s",
         flow_name,
         status,
-        snap["snapshot_id"],
-        plan["n_encode"] if status == "published" else 0,
-        plan["n_carry"],
+        snap.snapshot_id,
+        plan.n_encode if status == "published" else 0,
+        plan.n_carry,
         timer.timings,
     )
-    report["report_path"] = str(write_report(settings, flow_name, report))
+    report.report_path = str(write_report(settings, flow_name, report))
     return report
+
+
+def pinned_snapshots(settings: Settings) -> set[str]:
+    """Snapshot versions that must outlive retention although they are not current: the one the
+    current registered model was trained on (retraining, explanations, rollback of the model)."""
+    from pipelines.flows.registry import ModelRegistry
+
+    pinned: set[str] = set()
+    registry_dir = Path(settings.pipelines.registry_dir)
+    if registry_dir.is_dir():
+        try:
+            entry = ModelRegistry(registry_dir).current_entry() or {}
+        except (OSError, ValueError) as exc:  # a damaged registry must not stop the knowledge flow
+            run_logger().warning("model registry %s unreadable (%s); pinning nothing", registry_dir, exc)
+            entry = {}
+        if entry.get("knowledge_snapshot_id"):
+            pinned.add(str(entry["knowledge_snapshot_id"]))
+    return pinned
+
+
+def retain_snapshots(settings: Settings) -> list[str]:
+    """Apply store.keep_versions to the offline store: keep the newest versions, never the current
+    one nor a pinned one (`pinned_snapshots`); returns the deleted ids."""
+    from feature_store.offline_store import OfflineStore
+
+    return OfflineStore(settings.knowledge.snapshot_root).retain(
+        settings.store.keep_versions, protect=pinned_snapshots(settings)
+    )
 
 
 def _check_refresh_rules(settings: Settings, base_id: str | None) -> None:
@@ -442,7 +478,7 @@ def nightly_knowledge(
     overrides: list[str] | None = None,
     full: bool = False,
     materialize: bool = True,
-) -> dict[str, Any]:
+) -> KnowledgeFlowResult:
     """Canonical data -> prompts -> LLM vectors (sharded) -> snapshot (offline) -> online store.
 
     Incremental by default: entities whose prompt, model and template are unchanged are carried
@@ -454,7 +490,7 @@ def nightly_knowledge(
 @flow(name="feature-refresh", log_prints=True, persist_result=False, result_serializer=RESULT_SERIALIZER)
 def feature_refresh(
     config: str | None = None, overrides: list[str] | None = None, materialize: bool = True
-) -> dict[str, Any]:
+) -> KnowledgeFlowResult:
     """Re-encode the users (and scenarios) whose training history changed since the current snapshot.
 
     Under the current snapshot's rules: same model, pooling, storage dtype and PCA transform

@@ -35,7 +35,15 @@ from pipelines.flows.common import (
     write_report,
 )
 from pipelines.flows.knowledge import FlowError, locate_dataset
-from pipelines.flows.registry import ModelRegistry, decide
+from pipelines.flows.registry import Decision, ModelRegistry, decide
+from pipelines.flows.results import (
+    Evaluation,
+    ExportedModel,
+    KnowledgeRef,
+    Registration,
+    TrainedRun,
+    TrainFlowResult,
+)
 
 
 def _finite(x: Any) -> float | None:
@@ -60,7 +68,7 @@ def validation_auc(metrics: dict[str, Any]) -> float | None:
 
 # --------------------------------------------------------------------------- tasks
 @task(name="current-knowledge", persist_result=False)
-def current_knowledge(snapshot_root: str, use_llm: bool) -> dict[str, Any]:
+def current_knowledge(snapshot_root: str, use_llm: bool) -> KnowledgeRef:
     """The offline store's current snapshot (path + manifest hash); required unless training --no-llm."""
     from feature_store.offline_store import OfflineStore
 
@@ -71,8 +79,8 @@ def current_knowledge(snapshot_root: str, use_llm: bool) -> dict[str, Any]:
                 f"no current knowledge snapshot in {snapshot_root}: run the nightly-knowledge flow first "
                 "(or train without knowledge: --set train.use_llm=false)"
             )
-        return {"path": None, "snapshot_id": None, "digest": None}
-    return {"path": str(path), "snapshot_id": path.name, "digest": folder_digest(path)}
+        return KnowledgeRef(path=None, snapshot_id=None, digest=None)
+    return KnowledgeRef(path=str(path), snapshot_id=path.name, digest=folder_digest(path))
 
 
 @task(name="check-knowledge-dataset", persist_result=False)
@@ -96,19 +104,18 @@ def check_knowledge_dataset(dataset_dir: str, snapshot_dir: str, allow_foreign: 
         ) from exc
 
 
-def _run_changed(result: dict[str, Any]) -> str | None:
+def _run_changed(result: TrainedRun) -> str | None:
     """A cached training run holds only while its weights are still the ones it recorded."""
-    run_dir = result.get("run_dir") if isinstance(result, dict) else None
-    if not run_dir or file_digest(Path(run_dir) / "model.safetensors") != result.get("weights_sha256"):
+    run_dir = result.run_dir
+    if not run_dir or file_digest(Path(run_dir) / "model.safetensors") != result.weights_sha256:
         return f"the weights of run {run_dir} are missing or changed"
     return None
 
 
-def _export_gone(result: dict[str, Any]) -> str | None:
+def _export_gone(result: ExportedModel) -> str | None:
     """A cached export holds only while its model folder is still there."""
-    model_dir = result.get("model_dir") if isinstance(result, dict) else None
-    if not model_dir or not (Path(model_dir) / "manifest.json").is_file():
-        return f"the exported model {model_dir} is missing"
+    if not result.model_dir or not (Path(result.model_dir) / "manifest.json").is_file():
+        return f"the exported model {result.model_dir} is missing"
     return None
 
 
@@ -124,7 +131,7 @@ def train_ranker(
     train_digest: str,
     runs_dir: str,
     results_dir: str,
-) -> dict[str, Any]:
+) -> TrainedRun:
     """Train backbone + meta networks; returns the run folder (contract 4), cached as JSON. With
     train.select=auto both variants are trained and the one kept on validation is returned, with
     the decision."""
@@ -143,15 +150,15 @@ def train_ranker(
     else:
         run_dir = train(settings, Path(dataset_dir), knowledge_dir, out).run_dir
     run_logger().info("trained %s in %.1fs -> %s", settings.train.backbone, time.perf_counter() - t0, run_dir)
-    return {
-        "run_dir": str(run_dir),
-        "weights_sha256": file_digest(Path(run_dir) / "model.safetensors"),
-        "selection": selection,
-    }
+    return TrainedRun(
+        run_dir=str(run_dir),
+        weights_sha256=file_digest(Path(run_dir) / "model.safetensors"),
+        selection=selection,
+    )
 
 
 @task(name="evaluate-run", persist_result=False)
-def evaluate_run(run_dir: str) -> dict[str, Any]:
+def evaluate_run(run_dir: str) -> Evaluation:
     """Read the run's metrics: overall validation AUC (for promotion) and the final per-scenario metrics."""
     path = Path(run_dir) / "metrics.json"
     if not path.is_file():
@@ -160,7 +167,7 @@ def evaluate_run(run_dir: str) -> dict[str, Any]:
     auc = validation_auc(metrics)
     final = metrics.get("final", {}) if isinstance(metrics.get("final"), dict) else {}
     run_logger().info("run %s: validation AUC %s", Path(run_dir).name, "n/a" if auc is None else f"{auc:.4f}")
-    return {"valid_auc": auc, "final": final}
+    return Evaluation(valid_auc=auc, final=final)
 
 
 @task(name="export-model", persist_result=False)
@@ -172,7 +179,7 @@ def export_model(
     staging_dir: str,
     dataset_dir: str,
     results_dir: str,
-) -> dict[str, Any]:
+) -> ExportedModel:
     """ONNX export with the parity gate (ranker.export refuses to publish a model that fails parity)."""
     from ranker.export import export_run
 
@@ -181,16 +188,16 @@ def export_model(
         manifest = json.loads((out / "manifest.json").read_text())
         parity = manifest.get("parity", {})
         run_logger().info("export %s already present; reusing it", out)
-        return {"model_dir": str(out), "parity": parity, "exporter": manifest.get("exporter")}
+        return ExportedModel(model_dir=str(out), parity=parity, exporter=manifest.get("exporter"))
     report = export_run(Path(run_dir), out, ExportConfig.model_validate(export), dataset_dir=dataset_dir)
     run_logger().info(report.summary())
-    return {"model_dir": str(report.model_dir), "parity": report.parity, "exporter": report.exporter}
+    return ExportedModel(model_dir=str(report.model_dir), parity=report.parity, exporter=report.exporter)
 
 
 @task(name="register-model", persist_result=False)
 def register_model(
     model_dir: str, registry_dir: str, entry: dict[str, Any], max_auc_regression: float, keep: int
-) -> dict[str, Any]:
+) -> Registration:
     """Promote the candidate into the registry unless it is worse than the current model by > the margin."""
     logger = run_logger()
     registry = ModelRegistry(registry_dir)
@@ -202,26 +209,30 @@ def register_model(
     ):
         mid = registry.current_id()
         logger.info("model %s (same weights) is already the current model: nothing to register", mid)
-        return {
-            "decision": {"accept": True, "reason": f"same weights as the current model {mid}"},
-            "registered": False,
-            "already_current": True,
-            "model_id": mid,
-            "current_model_id": mid,
-            "model_dir": str(registry.path_of(str(mid))),
-        }
+        return Registration(
+            decision=Decision(
+                True,
+                f"same weights as the current model {mid}",
+                entry.get("valid_auc"),
+                current.get("valid_auc"),
+                mid,
+                max_auc_regression,
+            ),
+            registered=False,
+            already_current=True,
+            model_id=mid,
+            current_model_id=mid,
+            model_dir=str(registry.path_of(str(mid))),
+        )
     decision = decide(
         entry.get("valid_auc"),
         None if current is None else current.get("valid_auc"),
         registry.current_id(),
         max_auc_regression,
     )
-    out: dict[str, Any] = {
-        "decision": decision.to_dict(),
-        "registered": False,
-        "model_id": None,
-        "current_model_id": registry.current_id(),
-    }
+    out = Registration(
+        decision=decision, registered=False, model_id=None, current_model_id=registry.current_id()
+    )
     if not decision.accept:
         logger.warning("model NOT registered: %s", decision.reason)
         return out
@@ -233,23 +244,23 @@ def register_model(
         decision.reason,
         f"; removed old versions {deleted}" if deleted else "",
     )
-    out.update(registered=True, model_id=mid, current_model_id=mid, model_dir=str(registry.path_of(mid)))
+    out.registered, out.model_id, out.current_model_id = True, mid, mid
+    out.model_dir = str(registry.path_of(mid))
     return out
 
 
 # --------------------------------------------------------------------------- flow
 @flow(name="train", log_prints=True, persist_result=False, result_serializer=RESULT_SERIALIZER)
-def train_flow(config: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+def train_flow(config: str | None = None, overrides: list[str] | None = None) -> TrainFlowResult:
     """Train on the current data and knowledge snapshot, export with parity, register if not worse.
 
     Returns a report: run folder, validation AUC, export, the registry decision (`registered`,
-    `decision.reason`) and seconds per stage. A refused model is not an error: the flow
-    completes and says why in the log and the report.
+    `reason`) and seconds per stage. A refused model is not an error: the flow completes and says
+    why in the log and the report.
     """
     settings: Settings = load_settings(config, overrides)
     logger = run_logger()
     timer = StageTimer()
-    report: dict[str, Any] = {"flow": "train"}
 
     with timer.stage("data"):
         dataset = with_config(locate_dataset, settings)(
@@ -260,75 +271,76 @@ def train_flow(config: str | None = None, overrides: list[str] | None = None) ->
             settings.knowledge.snapshot_root, settings.train.use_llm
         )
         if settings.train.use_llm:
-            know["dataset_check"] = with_config(check_knowledge_dataset, settings)(
-                dataset["path"], know["path"], settings.train.allow_foreign_knowledge
+            know.dataset_check = with_config(check_knowledge_dataset, settings)(
+                dataset.path, know.path, settings.train.allow_foreign_knowledge
             )
     train_digest = section_digest(settings, "train", "eval")
     with timer.stage("train"):
         run = with_config(train_ranker, settings)(
             config,
             overrides,
-            dataset["path"],
-            dataset["digest"],
-            know["path"] if settings.train.use_llm else None,
-            know["digest"] if settings.train.use_llm else None,
+            dataset.path,
+            dataset.digest,
+            know.path if settings.train.use_llm else None,
+            know.digest if settings.train.use_llm else None,
             train_digest,
             settings.train.runs_dir,
             results_folder(settings),
         )
     with timer.stage("evaluate"):
-        ev = with_config(evaluate_run, settings)(run["run_dir"])
+        ev = with_config(evaluate_run, settings)(run.run_dir)
     with timer.stage("export"):
         exp = with_config(export_model, settings)(
-            run["run_dir"],
-            run["weights_sha256"],
+            run.run_dir,
+            run.weights_sha256,
             settings.export.model_dump(mode="json"),
             str(Path(settings.pipelines.work_dir) / "exports"),
-            dataset["path"],
+            dataset.path,
             results_folder(settings),
         )
-    if not exp["parity"].get("passed", False):
-        raise FlowError(f"export {exp['model_dir']} did not pass parity: {exp['parity']}")
+    if not exp.parity.get("passed", False):
+        raise FlowError(f"export {exp.model_dir} did not pass parity: {exp.parity}")
     entry = {
-        "valid_auc": ev["valid_auc"],
-        "run_dir": run["run_dir"],
-        "weights_sha256": run["weights_sha256"],
-        "dataset_dir": dataset["path"],
-        "dataset_digest": dataset["digest"],
-        "knowledge_snapshot_id": know["snapshot_id"],
-        "knowledge_digest": know["digest"],
-        "knowledge_foreign": bool((know.get("dataset_check") or {}).get("foreign")),
-        "exporter": exp["exporter"],
-        "parity_max_abs_diff": exp["parity"].get("max_abs_diff"),
+        "valid_auc": ev.valid_auc,
+        "run_dir": run.run_dir,
+        "weights_sha256": run.weights_sha256,
+        "dataset_dir": dataset.path,
+        "dataset_digest": dataset.digest,
+        "knowledge_snapshot_id": know.snapshot_id,
+        "knowledge_digest": know.digest,
+        "knowledge_foreign": bool((know.dataset_check or {}).get("foreign")),
+        "exporter": exp.exporter,
+        "parity_max_abs_diff": exp.parity.get("max_abs_diff"),
         "train_config_digest": train_digest,
-        "final_metrics": ev["final"],
+        "final_metrics": ev.final,
         # train.select=auto: which variant was kept and the validation numbers that decided it
-        "selection": run.get("selection"),
+        "selection": run.selection,
     }
     with timer.stage("register"):
         reg = with_config(register_model, settings)(
-            exp["model_dir"],
+            exp.model_dir,
             settings.pipelines.registry_dir,
             entry,
             settings.pipelines.max_auc_regression,
             settings.pipelines.keep_models,
         )
-    report.update(
+    report = TrainFlowResult(
+        flow="train",
         dataset=dataset,
         knowledge=know,
         run=run,
-        evaluation={"valid_auc": ev["valid_auc"]},
+        evaluation=ev,
         export=exp,
         registry=reg,
-        registered=reg["registered"],
-        reason=reg["decision"]["reason"],
+        registered=reg.registered,
+        reason=reg.decision.reason,
         timings=timer.timings,
     )
     logger.info(
         "train flow done: %s (%s); stage seconds %s",
-        "registered " + str(reg["model_id"]) if reg["registered"] else "NOT registered",
-        reg["decision"]["reason"],
+        "registered " + str(reg.model_id) if reg.registered else "NOT registered",
+        reg.decision.reason,
         timer.timings,
     )
-    report["report_path"] = str(write_report(settings, "train", report))
+    report.report_path = str(write_report(settings, "train", report))
     return report

@@ -33,31 +33,31 @@ def _copy_state(src_root: Path, dst_root: Path) -> None:
 
 def test_nightly_publishes_offline_and_online(nightly_run: dict) -> None:
     report = nightly_run["report"]
-    assert report["status"] == "published"
-    sid = report["snapshot_id"]
+    assert report.status == "published"
+    sid = report.snapshot_id
     offline_id, online_id, versions = _pointers(nightly_run["config"])
     assert offline_id == sid and online_id == sid and versions == [sid]
-    plan = report["plan"]
-    assert plan["n_encode"] == plan["n_prompts"] > 0 and plan["n_carry"] == 0
-    assert report["snapshot"]["counts"]["scenario"] >= 3
-    assert report["snapshot"]["counts"]["user"] + plan["n_users_without_history"] == 40
-    assert report["materialize"]["keys_written"] == plan["n_prompts"]
-    assert set(report["timings"]) == {"data", "plan", "encode", "assemble", "materialize"}
-    assert Path(report["report_path"]).is_file()
+    plan = report.plan
+    assert plan.n_encode == plan.n_prompts > 0 and plan.n_carry == 0
+    assert report.snapshot.counts["scenario"] >= 3
+    assert report.snapshot.counts["user"] + plan.n_users_without_history == 40
+    assert report.materialize.keys_written == plan.n_prompts
+    assert set(report.timings) == {"data", "plan", "encode", "assemble", "materialize"}
+    assert Path(report.report_path).is_file()
     # every planned shard was encoded by its own task
-    assert sorted(s["shard"] for s in report["shards"]) == [0, 1, 2]
-    assert sum(s["n"] for s in report["shards"]) == plan["n_encode"]
+    assert sorted(s.shard for s in report.shards) == [0, 1, 2]
+    assert sum(s.n for s in report.shards) == plan.n_encode
 
 
 def test_rerun_is_a_noop(nightly_run: dict) -> None:
     from pipelines.flows.knowledge import nightly_knowledge
 
-    sid = nightly_run["report"]["snapshot_id"]
+    sid = nightly_run["report"].snapshot_id
     again = nightly_knowledge(config=str(nightly_run["config"]))
-    assert again["status"] == "up-to-date"
-    assert again["snapshot_id"] == sid
-    assert again["plan"]["n_encode"] == 0 and again["plan"]["n_carry"] == again["plan"]["n_prompts"]
-    assert again["materialize"]["already_current"] is True
+    assert again.status == "up-to-date"
+    assert again.snapshot_id == sid
+    assert again.plan.n_encode == 0 and again.plan.n_carry == again.plan.n_prompts
+    assert again.materialize.already_current is True
     assert _pointers(nightly_run["config"]) == (sid, sid, [sid])
 
 
@@ -66,7 +66,7 @@ def test_interrupted_run_never_exposes_a_partial_version(
 ) -> None:
     from pipelines.flows.knowledge import nightly_knowledge
 
-    old = nightly_run["report"]["snapshot_id"]
+    old = nightly_run["report"].snapshot_id
     cfg = write_flow_config(tmp_path, tiny_data_dir)
     _copy_state(nightly_run["root"], tmp_path)
 
@@ -87,15 +87,15 @@ def test_interrupted_run_never_exposes_a_partial_version(
 
     monkeypatch.delenv(FAIL_SHARD_ENV)
     report = nightly_knowledge(config=str(cfg), full=True)
-    assert report["status"] == "published"
-    assert 1 in report["plan"]["missing_shards"] and 0 not in report["plan"]["missing_shards"]
-    new = report["snapshot_id"]
+    assert report.status == "published"
+    assert 1 in report.plan.missing_shards and 0 not in report.plan.missing_shards
+    new = report.snapshot_id
     assert new != old
     assert _pointers(cfg) == (new, new, sorted([old, new]))
     # the resumed run produced the same vectors as the uninterrupted one
     a, b = (
-        snapshot_vectors(report["snapshot"]["path"]),
-        snapshot_vectors(nightly_run["report"]["snapshot"]["path"]),
+        snapshot_vectors(report.snapshot.path),
+        snapshot_vectors(nightly_run["report"].snapshot.path),
     )
     assert a.keys() == b.keys()
     assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -122,28 +122,28 @@ def test_feature_refresh_reencodes_only_changed_users(
     ds.interactions = pl.concat([ds.interactions, added])
     data2 = write_dataset(ds, tmp_path / "data2", source={"dataset": "synthetic", "note": "refresh test"})
 
-    old = nightly_run["report"]["snapshot_id"]
+    old = nightly_run["report"].snapshot_id
     cfg = write_flow_config(tmp_path, data2)
     _copy_state(nightly_run["root"], tmp_path)
     report = feature_refresh(config=str(cfg))
-    assert report["status"] == "published"
-    plan = report["plan"]
+    assert report.status == "published"
+    plan = report.plan
     # the user (and the scenario whose statistics moved) are re-encoded; everyone else is carried
-    assert 1 <= plan["n_encode"] <= 1 + report["snapshot"]["counts"]["scenario"]
-    assert plan["n_carry"] == plan["n_prompts"] - plan["n_encode"]
-    new = report["snapshot_id"]
+    assert 1 <= plan.n_encode <= 1 + report.snapshot.counts["scenario"]
+    assert plan.n_carry == plan.n_prompts - plan.n_encode
+    new = report.snapshot_id
     assert _pointers(cfg) == (new, new, sorted([old, new]))
-    assert report["snapshot"]["knowledge_family"] == nightly_run["report"]["snapshot"]["knowledge_family"]
+    assert report.snapshot.knowledge_family == nightly_run["report"].snapshot.knowledge_family
     a, b = (
-        snapshot_vectors(report["snapshot"]["path"]),
-        snapshot_vectors(nightly_run["report"]["snapshot"]["path"]),
+        snapshot_vectors(report.snapshot.path),
+        snapshot_vectors(nightly_run["report"].snapshot.path),
     )
     changed = {k for k in a if not np.array_equal(a[k], b[k])}
-    assert ("user", user) in changed and len(changed) == plan["n_encode"]
+    assert ("user", user) in changed and len(changed) == plan.n_encode
 
     # nothing new: the refresh does nothing
     again = feature_refresh(config=str(cfg))
-    assert again["status"] == "up-to-date" and again["snapshot_id"] == new
+    assert again.status == "up-to-date" and again.snapshot_id == new
 
 
 def test_feature_refresh_refuses_another_knowledge_family(
@@ -168,10 +168,10 @@ def test_dask_cluster_gives_the_same_snapshot(nightly_run: dict, tiny_data_dir: 
         pipelines={"task_runner": "dask", "dask_n_workers": 2, "dask_processes": True},
     )
     report = nightly_knowledge(config=str(cfg), materialize=False)
-    assert report["status"] == "published" and "materialize" not in report
+    assert report.status == "published" and report.materialize is None
     a, b = (
-        snapshot_vectors(report["snapshot"]["path"]),
-        snapshot_vectors(nightly_run["report"]["snapshot"]["path"]),
+        snapshot_vectors(report.snapshot.path),
+        snapshot_vectors(nightly_run["report"].snapshot.path),
     )
     assert a.keys() == b.keys()
     assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -184,12 +184,12 @@ def test_nightly_with_real_vllm(nightly_run: dict, tiny_data_dir: Path, tmp_path
 
     cfg = write_flow_config(tmp_path, tiny_data_dir, knowledge={"backend": "vllm", "num_shards": 2})
     report = nightly_knowledge(config=str(cfg))
-    assert report["status"] == "published"
-    sid = report["snapshot_id"]
+    assert report.status == "published"
+    sid = report.snapshot_id
     assert _pointers(cfg)[:2] == (sid, sid)
     a, b = (
-        snapshot_vectors(report["snapshot"]["path"]),
-        snapshot_vectors(nightly_run["report"]["snapshot"]["path"]),
+        snapshot_vectors(report.snapshot.path),
+        snapshot_vectors(nightly_run["report"].snapshot.path),
     )
     assert a.keys() == b.keys()
     cos = [float(np.dot(a[k], b[k]) / (np.linalg.norm(a[k]) * np.linalg.norm(b[k]))) for k in a]

@@ -110,7 +110,7 @@ def test_train_flow_results_are_json_and_a_planted_pickle_never_runs(
 
     # Unchanged inputs: the cached run is reused, not trained again.
     again = train_flow(config=str(cfg))
-    assert again["run"]["run_dir"] == first["run"]["run_dir"]
+    assert again.run.run_dir == first.run.run_dir
 
     # Plant a Prefect record naming the pickle serializer at the train task's cached result, and at
     # the key path Prefect's own cache would read for it. Control: Prefect's reader runs it.
@@ -125,10 +125,10 @@ def test_train_flow_results_are_json_and_a_planted_pickle_never_runs(
 
     third = train_flow(config=str(cfg))
     assert not marker.exists()
-    assert third["run"]["run_dir"] != first["run"]["run_dir"]  # the planted result was ignored: trained again
+    assert third.run.run_dir != first.run.run_dir  # the planted result was ignored: trained again
     assert (
         read_cached_result(train_file, "train-ranker", json.loads(train_file.read_text())["key"])
-        == third["run"]
+        == third.run.to_dict()
     )
     (results / train_file.stem).unlink()  # the planted copy nobody reads
     assert_json_only(results)

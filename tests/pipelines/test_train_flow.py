@@ -44,20 +44,20 @@ def test_train_flow_registers_then_refuses_a_worse_model(
     shutil.copytree(nightly_run["root"] / "knowledge", tmp_path / "knowledge")
     cfg = write_flow_config(tmp_path, tiny_data_dir, train={"lr": 0.01, "epochs": 3, "patience": 3})
     first = train_flow(config=str(cfg))
-    assert first["registered"] is True, first["reason"]
+    assert first.registered is True, first.reason
     reg = ModelRegistry(tmp_path / "registry")
-    mid = first["registry"]["model_id"]
+    mid = first.registry.model_id
     assert reg.current_id() == mid
     folder = reg.path_of(mid)
     assert (folder / "model.onnx").is_file() and (folder / "manifest.json").is_file()
     entry = reg.entry(mid)
-    assert entry["knowledge_snapshot_id"] == nightly_run["report"]["snapshot_id"]
-    assert entry["valid_auc"] == first["evaluation"]["valid_auc"] > 0.5
-    assert set(first["timings"]) == {"data", "knowledge", "train", "evaluate", "export", "register"}
+    assert entry["knowledge_snapshot_id"] == nightly_run["report"].snapshot_id
+    assert entry["valid_auc"] == first.evaluation.valid_auc > 0.5
+    assert set(first.timings) == {"data", "knowledge", "train", "evaluate", "export", "register"}
     # the demo finds the trained run in the report (it used to look at the wrong key and print nothing)
     from pipelines.demo import trained_run_dir
 
-    assert trained_run_dir(first) == Path(first["run"]["run_dir"])
+    assert trained_run_dir(first) == Path(first.run.run_dir)
 
     # The incumbent is made clearly better than anything this config produces (as if a stronger
     # model had been registered earlier). A deliberately crippled run is not a reliable "worse
@@ -66,9 +66,9 @@ def test_train_flow_registers_then_refuses_a_worse_model(
     boosted = {**entry, "valid_auc": 1.0}  # a perfect incumbent
     (folder / "registry.json").write_text(json.dumps(boosted))
     worse = train_flow(config=str(cfg), overrides=["train.seed=1"])
-    assert worse["registered"] is False
-    assert worse["evaluation"]["valid_auc"] < boosted["valid_auc"] - 0.002
-    assert "below the current model" in worse["reason"] and mid in worse["reason"]
+    assert worse.registered is False
+    assert worse.evaluation.valid_auc < boosted["valid_auc"] - 0.002
+    assert "below the current model" in worse.reason and mid in worse.reason
     assert reg.current_id() == mid and reg.list_versions() == [mid]
 
 
@@ -90,7 +90,7 @@ def test_train_flow_refuses_knowledge_of_another_split(nightly_run: dict, tmp_pa
     cfg = write_flow_config(tmp_path, data, data={"split": {"strategy": "random"}})
     with pytest.raises(FlowError) as exc:
         train_flow(config=str(cfg))
-    snapshot = Path(nightly_run["report"]["snapshot"]["path"])
+    snapshot = Path(nightly_run["report"].snapshot.path)
     snapshot_version = json.loads((snapshot / "manifest.json").read_text())["dataset_version"]
     assert read_version(data) in str(exc.value) and snapshot_version in str(exc.value)
     assert "train.allow_foreign_knowledge" in str(exc.value)
@@ -110,15 +110,15 @@ def test_train_flow_select_auto_records_the_decision(
     shutil.copytree(nightly_run["root"] / "knowledge", tmp_path / "knowledge")
     cfg = write_flow_config(tmp_path, tiny_data_dir, train={"lr": 0.01, "epochs": 2, "select": "auto"})
     report = train_flow(config=str(cfg))
-    sel = report["run"]["selection"]
+    sel = report.run.selection
     assert sel["keep"] in (PLAIN, LLM) and sel["se"] > 0
     assert sel["keep"] == (LLM if sel["delta"] > sel["min_z"] * sel["se"] else PLAIN)
-    run_dir = Path(report["run"]["run_dir"])
+    run_dir = Path(report.run.run_dir)
     assert run_dir.name == sel["keep"] and (run_dir.parent / "selection.json").is_file()
     assert json.loads((run_dir / "run.json").read_text())["use_llm"] is (sel["keep"] == LLM)
-    assert report["evaluation"]["valid_auc"] == pytest.approx(
+    assert report.evaluation.valid_auc == pytest.approx(
         sel["llm_valid_auc"] if sel["keep"] == LLM else sel["plain_valid_auc"]
     )
-    if report["registered"]:
-        entry = ModelRegistry(tmp_path / "registry").entry(report["registry"]["model_id"])
+    if report.registered:
+        entry = ModelRegistry(tmp_path / "registry").entry(report.registry.model_id)
         assert entry["selection"]["keep"] == sel["keep"]
