@@ -67,7 +67,9 @@ def _pct(xs: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.store", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=1_000_000, help="users to materialize (default 1e6)")
+    parser.add_argument(
+        "--users", type=int, default=None, help="users to materialize (default 1e6; A/B mode 1e5)"
+    )
     parser.add_argument("--dim", type=int, default=256, help="vector dimension (default 256)")
     parser.add_argument("--iters", type=int, default=300, help="timed reads per batch size and backend")
     parser.add_argument(
@@ -91,14 +93,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="report (default docs/benchmarks/store.md)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="small run for `bench all`: store-quick.md")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="A/B mode: the same serving and batch workloads against the code in this folder and this "
+        "tree, alternating (--users default 100000; --rounds; report --out, default "
+        "docs/benchmarks/store-ab.md)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="A/B mode: rounds (each side once per round)")
+    parser.add_argument("--requests", type=int, default=1000, help="A/B mode: serving requests per round")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker is not None:
+        import json
+
+        print(json.dumps(_worker(json.loads(args.worker))))
+        return 0
+    out_given = args.out
     if args.quick:  # a quick run never replaces the recorded report
         args.users, args.iters = 20_000, 50
+    elif args.users is None and args.before is None:
+        args.users = 1_000_000
     args.out = args.out or str(REPO / "docs" / "benchmarks" / f"store{'-quick' if args.quick else ''}.md")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = "python -m bench.store " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
+    if args.before is not None:
+        out = Path(out_given or REPO / "docs" / "benchmarks" / "store-ab.md")
+        return compare(args.before, args.users or 100_000, args.rounds, args.requests, out, command)
 
     import redis
 
@@ -279,9 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         "the reading process' CPU time per read (time.process_time), \"server time\" is Redis' own "
         "time in the read commands per read (INFO commandstats, HMGET + pointer GET): on a machine "
         "whose CPUs are oversubscribed the wall time is mostly waiting for a CPU, and these two say "
-        "what a read costs. Both stores run with their read-path settings: glibc heap kept for reuse "
-        "(`feature_store.online.base.tune_malloc`, off with LLM4MSR_MALLOC_TUNING=0: ~0.5-1 ms more CPU "
-        "per 1000-user read in page faults), the local store's in-memory hash index built by the warm-up read.",
+        "what a read costs.",
         "",
         "## Redis memory",
         "",
@@ -292,6 +314,139 @@ def main(argv: list[str] | None = None) -> int:
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+# --------------------------------------------------------------------------- before/after (A/B)
+# `--before DIR`: the same workloads against the code in DIR (e.g. `git archive <rev>` of an older
+# commit) and against this tree, in worker processes alternating A, B, B, A, ... on one private
+# redis-server, so both see the same machine. The worker uses only the public API (materialize,
+# open_store, read), which both trees share.
+AB_METRICS = [  # (key, label, unit, lower is better)
+    ("serving_redis_p50", "serving request: 1 user read (Redis) p50", "ms", True),
+    ("serving_redis_p99", "serving request: 1 user read (Redis) p99", "ms", True),
+    ("serving_local_p50", "serving request: 1 user read (local) p50", "ms", True),
+    ("serving_local_p99", "serving request: 1 user read (local) p99", "ms", True),
+    ("read1k_redis_p50", "1,000-user read (Redis) p50", "ms", True),
+    ("read1k_local_p50", "1,000-user read (local) p50", "ms", True),
+    ("batch_redis_p50", "batch job: 10,000-user read (Redis) p50", "ms", True),
+    ("batch_redis_cpu", "batch job: 10,000-user read (Redis) client CPU p50", "ms", True),
+    ("batch_local_p50", "batch job: 10,000-user read (local) p50", "ms", True),
+    ("write_redis", "materialize write (Redis)", "keys/s", False),
+    ("write_local", "materialize write (local)", "keys/s", False),
+]
+
+
+def _worker(spec: dict) -> dict[str, float]:
+    """One side of the A/B run: materialize into Redis and a local store, then time the reads."""
+    from feature_store.materialize import materialize
+    from feature_store.online import open_store
+    from llm4msr.config import StoreConfig
+
+    cfg = StoreConfig(namespace=spec["namespace"], verify_sample=256)
+    out: dict[str, float] = {}
+    targets = {"redis": spec["redis_url"], "local": spec["local_dir"]}
+    for name, target in targets.items():
+        out[f"write_{name}"] = materialize(spec["snapshot"], target, cfg).keys_per_second
+    stores = {name: open_store(target, cfg) for name, target in targets.items()}
+    pinned = {name: st.current() for name, st in stores.items()}
+    rng = np.random.default_rng(spec["seed"])
+    n = spec["users"]
+    for name, st in stores.items():  # what a serving runtime does once per version
+        assert st.read("scenario", ["s0", "s1", "s2"], version=pinned[name]).found.all()
+    lat: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    for tag, batch, reps in (("serving", 1, spec["requests"]), ("read1k", 1000, 30), ("batch", 10_000, 10)):
+        for _ in range(reps):
+            ids = [f"u{i:08d}" for i in rng.integers(0, n, size=batch)]
+            for name, st in stores.items():
+                c0, t0 = time.process_time(), time.perf_counter()
+                r = st.read("user", ids, version=pinned[name])
+                lat.setdefault(f"{tag}_{name}", []).append(time.perf_counter() - t0)
+                cpu.setdefault(f"{tag}_{name}", []).append(time.process_time() - c0)
+                assert r.found.all(), (name, r.n_missing, r.n_errors)
+    for key, xs in lat.items():
+        out[f"{key}_p50"], out[f"{key}_p99"] = _pct(xs, 50), _pct(xs, 99)
+        out[f"{key}_cpu"] = _pct(cpu[key], 50)
+    for st in stores.values():
+        st.close()
+    return out
+
+
+def compare(before: Path, users: int, rounds: int, requests: int, out: Path, command: str) -> int:
+    """Run the workloads against `before` and this tree, alternating, and write the table."""
+    import json
+    import subprocess
+
+    from tests.fixtures.redis_server import RedisServer
+
+    load0 = os.getloadavg()
+    sides = {"before": before.resolve(), "after": REPO}
+    runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    with tempfile.TemporaryDirectory(prefix="llm4msr-bench-store-ab-") as tmpd:
+        tmp = Path(tmpd)
+        (tmp / "redis").mkdir()
+        server = RedisServer(tmp / "redis")
+        server.start()
+        try:
+            snap = _make_snapshot(tmp / "offline", users, 256, 0)
+            client = server.client()
+            for r in range(rounds):
+                for side in ("before", "after") if r % 2 == 0 else ("after", "before"):
+                    client.flushdb()
+                    spec = {
+                        "redis_url": server.url,
+                        "snapshot": str(snap),
+                        "namespace": f"ab-{side}",
+                        "local_dir": str(tmp / f"local-{side}-{r}"),
+                        "users": users,
+                        "requests": requests,
+                        "seed": r,
+                    }
+                    env = {**os.environ, "PYTHONPATH": str(sides[side])}
+                    proc = subprocess.run(
+                        [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
+                        cwd=sides[side],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        timeout=900,
+                    )
+                    if proc.returncode != 0:
+                        raise RuntimeError(f"{side} worker failed:\n{proc.stderr[-3000:]}")
+                    runs[side].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                    log.info("round %d %s: %s", r, side, runs[side][-1])
+        finally:
+            server.stop()
+    load1 = os.getloadavg()
+    lines = [
+        "## Simplification: before/after (issue 14 item 3)",
+        "",
+        f"Command: `{command}` (run from the repository root; `before` = `git archive` of the commit "
+        "before the simplification, unpacked into that folder)",
+        "",
+        f"{users:,} users x 256-dim float16 (1 Redis hash bucket per kind below 65,536 users, "
+        f"{-(-users // 65536)} here), one private redis-server on loopback; {rounds} rounds, each a "
+        "fresh worker process per side, alternating which side runs first; every cell is the median "
+        f"over the rounds of that round's p50/p99 ({requests} serving requests, 30 reads of 1,000 users, "
+        "10 reads of 10,000 users per round, Redis and local interleaved per read). A serving request "
+        "reads one user by explicit version (`ranker/serving/runtime.py`; the scenario vectors are read "
+        "once per version). Load average (1/5/15 min) "
+        f"{'/'.join(f'{x:.1f}' for x in load0)} at the start, {'/'.join(f'{x:.1f}' for x in load1)} at "
+        "the end: **the 2 CPUs were shared with other jobs; compare the columns, not the absolute values.**",
+        "",
+        "| workload | unit | before | after | after/before |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for key, label, unit, _ in AB_METRICS:
+        b = float(np.median([x[key] for x in runs["before"]]))
+        a = float(np.median([x[key] for x in runs["after"]]))
+        fmt = "{:,.0f}" if unit == "keys/s" else "{:.3f}"
+        lines.append(f"| {label} | {unit} | {fmt.format(b)} | {fmt.format(a)} | {a / b:.2f}x |")
+    lines.append("")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
 

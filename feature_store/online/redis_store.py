@@ -303,7 +303,10 @@ class RedisStore(OnlineStore):
         pipe = self._w.pipeline(transaction=True)
         pipe.hexists(meta, "counts")  # False: the server lost the version's metadata
         for b, rows in group_by_bucket(id_list, self.buckets(version)):
-            pipe.hset(prefix + str(b), mapping={id_list[i]: values[i] for i in rows.tolist()})
+            flat: list[Any] = [None] * (2 * len(rows))  # field, value, field, value, ...
+            flat[0::2] = [id_list[i] for i in rows.tolist()]
+            flat[1::2] = [values[i] for i in rows.tolist()]
+            pipe.execute_command("HSET", prefix + str(b), *flat)
         pipe.hset(meta, f"progress:{kind}", start + len(ids))
         what = f"writing version {version} {kind} entities {start}..{start + len(ids)}"
         result = self._call(what, pipe.execute)
