@@ -246,6 +246,9 @@ class Replicas:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def prepare(self, model: nn.Module) -> None:
+        """Adapt a freshly built model to the processes (batch statistics over all of them)."""
+
     def reduce_gradients(self, model: nn.Module) -> None:
         """Make every replica's gradients the batch's (sum of the processes' parts)."""
 
@@ -284,6 +287,7 @@ def _fit(
         model.set_knowledge_stats(kin.users[1:], kin.scenarios)
     if rep.device.type != "cpu":
         model.to(rep.device)
+    rep.prepare(model)
     meta_ids = {id(p) for p in meta_parameters(model)}
     groups = [
         {
