@@ -19,11 +19,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llm4msr.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = REPO_ROOT / "configs" / "default.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration file or override is invalid; the message names the key and the value."""
 
 
@@ -301,17 +303,40 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return out
 
 
+def _check_key(parts: list[str], assignment: str) -> None:
+    """Refuse a --set key that names no setting, naming the first wrong part and the choices."""
+    model: Any = Settings
+    for i, part in enumerate(parts):
+        where = ".".join(parts[: i + 1])
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise ConfigError(f"--set {assignment}: {'.'.join(parts[:i])} is a value, not a section")
+        if part not in model.model_fields:
+            known = ", ".join(model.model_fields)
+            raise ConfigError(f"--set {assignment}: unknown key {where!r} (expected one of: {known})")
+        model = model.model_fields[part].annotation
+
+
 def _apply_override(tree: dict[str, Any], assignment: str) -> None:
+    from llm4msr.secrets import redact
+
+    shown = redact(assignment)  # a store.url may hold a password
     if "=" not in assignment:
-        raise ConfigError(f"override {assignment!r}: expected KEY=VALUE, e.g. train.epochs=3")
+        raise ConfigError(f"--set {shown}: expected KEY=VALUE, e.g. train.epochs=3")
     key, raw = assignment.split("=", 1)
     parts = key.strip().split(".")
+    _check_key(parts, shown)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(
+            f"--set {shown}: the value of {key.strip()} is not valid YAML ({problem}); "
+            "quote lists and strings, e.g. --set 'train.hidden_dims=[64,32]'"
+        ) from None
     node = tree
     for part in parts[:-1]:
         node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {assignment!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    node[parts[-1]] = value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Settings:
@@ -335,14 +360,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return Settings.model_validate(tree)
     except ValidationError as exc:
-        where = f"config file {path}" if path else "configuration"
-        lines = [
-            f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
-            for err in exc.errors()
-        ]
         from llm4msr.secrets import redact
 
-        raise ConfigError(redact(f"{where} is invalid:\n" + "\n".join(lines))) from None
+        given = {a.split("=", 1)[0].strip(): a for a in overrides or [] if "=" in a}
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            # Name where the bad value came from: the --set that gave it, else the file.
+            source = next(
+                (f"--set {a}" for k, a in given.items() if key == k or key.startswith(k + ".")), None
+            )
+            source = source or (f"config file {path}" if path else "configuration")
+            lines.append(f"{source}: {key}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(redact("\n".join(lines))) from None
 
 
 def dump_config(settings: Settings) -> str:

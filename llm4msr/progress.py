@@ -21,7 +21,7 @@ class LogProgress:
 
     def __init__(self, total: int | None, desc: str, unit: str, logger: logging.Logger, log_every: float):
         self.total, self.desc, self.unit, self.log, self.every = total, desc, unit, logger, log_every
-        self.n = 0
+        self.n = self.shown = 0  # shown: the count last logged (the end is logged once)
         self.t0 = self.last = time.monotonic()
         self.closed = False
 
@@ -33,6 +33,7 @@ class LogProgress:
             self._emit(now)
 
     def _emit(self, now: float) -> None:
+        self.shown = self.n
         rate = self.n / max(now - self.t0, 1e-9)
         if self.total:
             eta = (self.total - self.n) / rate if rate > 0 else float("inf")
@@ -47,7 +48,8 @@ class LogProgress:
         if not self.closed:
             self.closed = True
             now = time.monotonic()
-            if now - self.t0 >= self.every:  # short loops stay quiet
+            # Short loops stay quiet; a count already logged by update() is not logged twice.
+            if now - self.t0 >= self.every and self.n != self.shown:
                 self._emit(now)
 
     def __enter__(self) -> LogProgress:
