@@ -186,6 +186,7 @@ def _load_knowledge(path: str | Path) -> _Knowledge:
 
 def nearest(ids: list[str], vectors: np.ndarray, entity_id: str, k: int) -> list[Neighbour]:
     """The k entities nearest to `entity_id` by cosine: faiss inner product on L2-normalised rows."""
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise here
     import faiss
 
     if entity_id not in ids or len(ids) < 2 or k < 1:
@@ -709,7 +710,9 @@ def _title(i: ItemRow) -> str:
 
 
 def _png(r: ExplainReport) -> str | None:
-    """A small bar chart of both scores (base64 PNG), or None when matplotlib is not installed."""
+    """A small bar chart (base64 PNG) of what the user's knowledge adds to each item's score (with
+    knowledge - fallback; absolute scores of neighbouring items differ too little to see), or None
+    when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -720,14 +723,15 @@ def _png(r: ExplainReport) -> str | None:
     rows = r.items
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1.2), dpi=90)
+    colours = {"in": "tab:green", "out": "tab:red", "kept": "tab:blue"}
+    fig, ax = plt.subplots(figsize=(7, 0.25 * len(rows) + 1.2), dpi=90)
     y = np.arange(len(rows))
-    ax.barh(y - 0.2, [i.score_with for i in rows], 0.4, label="with knowledge")
-    ax.barh(y + 0.2, [i.score_without for i in rows], 0.4, label="fallback vector")
+    ax.barh(y, [i.score_with - i.score_without for i in rows], 0.6, color=[colours[i.status] for i in rows])
+    ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(y, [f"{i.item_id} {_title(i)[:24]}" for i in rows], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("click probability (ONNX)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_xlabel("score with knowledge - score with the fallback vector (ONNX)", fontsize=8)
+    ax.set_title("green: in the top-K only with knowledge; red: only with the fallback", fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -797,7 +801,7 @@ def render_html(r: ExplainReport) -> str:
     png = _png(r)
     if png:
         parts.append(
-            f"<p><img alt='scores with and without knowledge' src='data:image/png;base64,{png}'></p>"
+            f"<p><img alt='score change from the user knowledge per item' src='data:image/png;base64,{png}'></p>"
         )
     if r.levels:
         parts.append("<h2>Score change when a knowledge path is off</h2>")
