@@ -162,7 +162,7 @@ def resolve_model_dir(model: str | Path | None, registry_dir: str | Path) -> tup
     if mid is None:
         raise ExplainError(
             f"model registry {registry_dir} has no CURRENT model; train and register one "
-            "(`llm4msr flow train`) or pass --model DIR"
+            "(`llm4msr flow run train`) or pass --model DIR"
         )
     return reg.path_of(mid), mid
 
@@ -701,7 +701,7 @@ def render_text(r: ExplainReport) -> str:
                 f"  (torch rows use the run's torch model {r.run_dir}; its full score differs from ONNX by "
                 f"at most {r.torch_onnx_max_diff:.1e})"
             )
-    return "\n".join(out)
+    return "\n".join(line.rstrip() for line in out)
 
 
 def _title(i: ItemRow) -> str:
