@@ -12,12 +12,13 @@ import polars as pl
 
 from feature_store import schema
 from llm4msr.atomic import atomic_directory, sha256_file, sha256_text, write_json_atomic
+from llm4msr.errors import MissingInputError, UserError
 from llm4msr.provenance import provenance
 
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data. The message names the file, the column, the offending value and what was expected."""
 
 
@@ -200,7 +201,7 @@ def load_dataset(path: str | Path, *, verify_checksums: bool = False) -> Canonic
     """Load a built dataset folder; errors name the missing file or the checksum that differs."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"dataset folder {path} does not exist")
+        raise MissingInputError(f"dataset folder {path} does not exist")
     manifest_path = path / schema.MANIFEST_FILE
     if not manifest_path.is_file():
         raise DataError(f"{path} is not a canonical dataset: {schema.MANIFEST_FILE} is missing")

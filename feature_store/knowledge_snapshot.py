@@ -43,6 +43,7 @@ from llm4msr.atomic import (
     write_json_atomic,
     write_sha256_sidecar,
 )
+from llm4msr.errors import UserError
 from llm4msr.ids import check_id
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ KINDS = ("scenario", "user")
 DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
 
 
-class SnapshotError(ValueError):
+class SnapshotError(UserError, ValueError):
     """A folder is not a valid snapshot, or two snapshots/stores disagree (dimension, family)."""
 
 

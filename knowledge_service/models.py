@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llm4msr.errors import UserError
+
 log = logging.getLogger(__name__)
 
 # Architectures that are sentence encoders (bidirectional): MEAN pooling under "auto".
@@ -36,7 +38,7 @@ ENCODER_MODEL_TYPES = {
 _CONTENT_HASH_LIMIT = 512 << 20
 
 
-class KnowledgeError(ValueError):
+class KnowledgeError(UserError, ValueError):
     """Bad input to the knowledge service (model, prompts, dataset, snapshots); the message says which."""
 
 

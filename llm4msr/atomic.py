@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from llm4msr.errors import OutputExistsError, UserError
+
 
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -60,7 +62,7 @@ def atomic_directory(final: str | Path, *, overwrite: bool = False) -> Iterator[
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} already exists (refusing to overwrite)")
+        raise OutputExistsError(f"{final} already exists (refusing to overwrite)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
@@ -84,7 +86,7 @@ def atomic_directory(final: str | Path, *, overwrite: bool = False) -> Iterator[
         raise
 
 
-class UnsafeDeleteError(ValueError):
+class UnsafeDeleteError(UserError, ValueError):
     """A recursive delete whose target is not strictly inside the folder it should be in."""
 
 

@@ -15,3 +15,7 @@ class UserError(Exception):
 
 class MissingInputError(UserError, FileNotFoundError):
     """A file or folder the user named (or the config points to) does not exist."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """The output named by the user exists and the command was not told to replace it."""

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import re
 
+from llm4msr.errors import UserError
+
 ID_RULE = "1-128 characters of [A-Za-z0-9._-] starting with a letter or digit (no '/', not '.' or '..')"
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-class InvalidIdError(ValueError):
+class InvalidIdError(UserError, ValueError):
     """An id that may not become a path component or key part."""
 
 

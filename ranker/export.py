@@ -30,13 +30,14 @@ from torch import nn
 
 from llm4msr.atomic import atomic_directory, sha256_file, write_json_atomic
 from llm4msr.config import ExportConfig
+from llm4msr.errors import MissingInputError, OutputExistsError, UserError
 from llm4msr.provenance import provenance
 from ranker.serving import artifact as A
 
 log = logging.getLogger(__name__)
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """The model cannot be exported (both exporters failed, bad run directory, ...)."""
 
 
@@ -452,7 +453,7 @@ def export_source(
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists (pass --overwrite to replace it)")
+        raise OutputExistsError(f"{out_dir} already exists (pass --overwrite to replace it)")
     model = source.model.eval()
     example = _example(source, cfg)
     for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._dynamo"):
@@ -607,7 +608,7 @@ def source_from_run(
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"training run directory {run_dir} does not exist")
+        raise MissingInputError(f"training run directory {run_dir} does not exist")
     model, spec = load_run(run_dir)
     run = _read_json(run_dir / "run.json")
     metrics = _read_json(run_dir / "metrics.json")

@@ -23,6 +23,7 @@ import polars as pl
 
 from feature_store.dataset import CanonicalDataset, DataError
 from llm4msr.atomic import write_json_atomic
+from llm4msr.errors import MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class FeatureSpec:
         if path.is_dir():
             path = path / SPEC_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"feature spec {path} does not exist")
+            raise MissingInputError(f"feature spec {path} does not exist")
         return cls.from_dict(json.loads(path.read_text()))
 
     # ------------------------------------------------------------------ encoding

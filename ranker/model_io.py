@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from llm4msr.config import DataConfig, Settings, dump_config, load_config
+from llm4msr.errors import MissingInputError
 from llm4msr.secrets import redact_tree
 from ranker.features import SPEC_FILE, FeatureSpec
 from ranker.model import RankerModel, build_model
@@ -35,7 +36,7 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
 def load_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
+        raise MissingInputError(f"weights file {path} does not exist")
     state = load_file(str(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -49,7 +50,7 @@ def load_run(run_dir: str | Path) -> tuple[RankerModel, FeatureSpec]:
     run_dir = Path(run_dir)
     for name in (CONFIG_FILE, SPEC_FILE, WEIGHTS_FILE):
         if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir} is not a complete training run: {name} is missing")
+            raise MissingInputError(f"{run_dir} is not a complete training run: {name} is missing")
     settings = load_run_settings(run_dir)
     spec = FeatureSpec.load(run_dir / SPEC_FILE)
     model = build_model(spec, settings.train)

@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from llm4msr.atomic import write_bytes_atomic, write_text_atomic
+from llm4msr.errors import MissingInputError
 from ranker.baseline import BASELINE_KIND, BASELINE_VARIANT
 from ranker.metrics import MeanDiff, aggregate, mean_diff, mean_std
 from ranker.model_io import METRICS_FILE, RUN_FILE
@@ -81,7 +82,7 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
     found: dict[Path, Run] = {}
     for p in map(Path, paths):
         if not p.exists():
-            raise FileNotFoundError(f"run directory {p} does not exist")
+            raise MissingInputError(f"run directory {p} does not exist")
         candidates = [p, *p.glob("*"), *p.glob("*/*")]
         for c in candidates:
             if (c / METRICS_FILE).is_file() and (c / RUN_FILE).is_file() and not c.name.startswith("."):

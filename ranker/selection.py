@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from llm4msr.config import Settings
+from llm4msr.errors import MissingInputError
 from ranker.model_io import VALID_PREDICTIONS_FILE
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def paired_auc_delta(
 def _valid_predictions(run_dir: Path) -> pl.DataFrame:
     path = run_dir / VALID_PREDICTIONS_FILE
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path} does not exist: the run predates validation dumps; train it again to select on it"
         )
     return pl.read_parquet(path)

@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from feature_store.dataset import DataError, load_dataset
+from llm4msr.errors import MissingInputError
 from ranker import metrics as M
 from ranker.model_io import PREDICTIONS_FILE
 
@@ -131,7 +132,7 @@ def run_slice_aucs(run_dir: str | Path, train: pl.DataFrame) -> list[SliceAuc]:
     """`slice_aucs` of one run folder's prediction dump (its test rows only are read)."""
     path = Path(run_dir) / PREDICTIONS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: {PREDICTIONS_FILE} is missing (needed for slices)")
+        raise MissingInputError(f"{run_dir}: {PREDICTIONS_FILE} is missing (needed for slices)")
     pred = (
         pl.scan_parquet(path)
         .filter(pl.col("source") == "test")

@@ -34,7 +34,8 @@ from feature_store.build import recorded_data_config
 from feature_store.dataset import CanonicalDataset, DataError, load_dataset
 from feature_store.knowledge_snapshot import check_dataset
 from llm4msr.atomic import atomic_directory, write_json_atomic, write_text_atomic
-from llm4msr.config import EvalConfig, Settings
+from llm4msr.config import ConfigError, EvalConfig, Settings
+from llm4msr.errors import OutputExistsError
 from llm4msr.progress import progress
 from llm4msr.provenance import provenance
 from ranker import metrics as M
@@ -396,7 +397,7 @@ def _check_knowledge(
     if not cfg.use_llm:
         return None, {}
     if knowledge is None:
-        raise ValueError(
+        raise ConfigError(
             "train.use_llm is true but no knowledge snapshot was given (--knowledge DIR, or --no-llm)"
         )
     kt = load_knowledge(knowledge, cfg.knowledge_dim)
@@ -421,7 +422,7 @@ def train(
     t_start = time.perf_counter()
     out = Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"run directory {out} already exists (use another --out or --overwrite)")
+        raise OutputExistsError(f"run directory {out} already exists (use another --out or --overwrite)")
     ds = load_dataset(data_dir)
     kt, kcheck = _check_knowledge(settings, data_dir, knowledge, ds.version())
     spec = build_spec(ds, kt.dimension if kt else 0)

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import polars as pl
 
+from llm4msr.errors import MissingInputError, UserError
+
 if TYPE_CHECKING:
     from llm4msr.config import DataConfig
 
@@ -60,7 +62,7 @@ def detect_datasets(path: str | Path) -> list[str]:
     `matches(path)`); `data build --path` without --dataset uses this instead of building synthetic."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"source path {p} does not exist")
+        raise MissingInputError(f"source path {p} does not exist")
     found = []
     for name, module in ADAPTERS.items():
         matches = getattr(importlib.import_module(module), "matches", None)
@@ -72,8 +74,8 @@ def detect_datasets(path: str | Path) -> list[str]:
 def require_path(cfg: DataConfig, dataset: str) -> Path:
     """The source folder (or file) from `data.path`; FileNotFoundError if it is missing."""
     if not cfg.path:
-        raise ValueError(f"dataset {dataset!r} needs a source path: pass --path DIR (data.path)")
+        raise UserError(f"dataset {dataset!r} needs a source path: pass --path DIR (data.path)")
     path = Path(cfg.path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"dataset {dataset!r}: source path {path} does not exist")
+        raise MissingInputError(f"dataset {dataset!r}: source path {path} does not exist")
     return path

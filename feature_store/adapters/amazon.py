@@ -33,6 +33,7 @@ from feature_store.adapters import RawData, require_path
 from feature_store.adapters.common import check_no_nulls, first_present, read_delimited
 from feature_store.dataset import DataError
 from llm4msr.config import DataConfig
+from llm4msr.errors import MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def add_negatives(pos: pl.DataFrame, domain_items: dict[str, np.ndarray], k: int
 # --------------------------------------------------------------------------- sequence layout
 def _read_json_map(path: Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (Amazon sequence layout)")
+        raise MissingInputError(f"{path} does not exist (Amazon sequence layout)")
     try:
         obj = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -132,7 +133,7 @@ def _load_sequences(folder: Path, cfg: DataConfig) -> RawData:
     for stem in SEQ_FILES:
         path = folder / f"{stem}.txt"
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{path} does not exist (Amazon sequence layout needs {', '.join(SEQ_FILES)})"
             )
         df = read_delimited(path, "\t", ["user", "items"]).with_row_index("line", offset=1)

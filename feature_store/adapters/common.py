@@ -14,12 +14,13 @@ from pathlib import Path
 import polars as pl
 
 from feature_store.dataset import DataError
+from llm4msr.errors import MissingInputError
 
 
 def decode(path: Path) -> str:
     """File text as UTF-8, falling back to Latin-1 (the GroupLens files are Latin-1)."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise MissingInputError(f"{path} does not exist")
     data = path.read_bytes()
     try:
         return data.decode("utf-8")
@@ -64,7 +65,7 @@ def read_delimited(path: Path, separator: str, names: Sequence[str] | None = Non
 def read_csv(path: Path) -> pl.DataFrame:
     """A CSV file with a header, all columns as strings (quotes honoured)."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise MissingInputError(f"{path} does not exist")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
     try:

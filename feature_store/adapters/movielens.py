@@ -24,6 +24,7 @@ from feature_store.adapters.common import (
 )
 from feature_store.dataset import DataError
 from llm4msr.config import DataConfig
+from llm4msr.errors import MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def matches(path: Path) -> bool:
 def _recbole_file(folder: Path, ext: str) -> Path:
     found = sorted(folder.glob(f"*.{ext}"))
     if not found:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{folder}: no *.{ext} file (RecBole atomic layout needs .inter, .item and .user)"
         )
     return found[0]

@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 
 from feature_store.adapters import RawData
-from llm4msr.config import DataConfig
+from llm4msr.config import ConfigError, DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -347,12 +347,12 @@ def load(cfg: DataConfig) -> RawData:
     sc = cfg.synthetic
     n_s, n_c = sc.n_scenarios, sc.n_categories
     if sc.n_interactions < sc.n_users:
-        raise ValueError(
+        raise ConfigError(
             f"data.synthetic.n_interactions={sc.n_interactions} is smaller than n_users={sc.n_users}: "
             "expected at least one interaction per user"
         )
     if sc.n_items < n_s:
-        raise ValueError(f"data.synthetic.n_items={sc.n_items}: expected at least n_scenarios={n_s} items")
+        raise ConfigError(f"data.synthetic.n_items={sc.n_items}: expected at least n_scenarios={n_s} items")
     personas = latent_personas(cfg)["persona"].to_numpy()
     items, item_scen, item_cat, item_w = _items(cfg)
 

@@ -15,7 +15,7 @@ from feature_store.online.base import (
     StoreVersion,
     WriteStats,
 )
-from llm4msr.config import StoreConfig
+from llm4msr.config import ConfigError, StoreConfig
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -45,7 +45,7 @@ def open_store(url: str | None = None, cfg: StoreConfig | None = None) -> Online
 
         return RedisStore(url, cfg)
     if "://" in url:
-        raise ValueError(
+        raise ConfigError(
             f"store URL {url!r}: unknown scheme, expected a local path or redis://, rediss://, unix://"
         )
     from feature_store.online.local import LocalStore

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from llm4msr.errors import MissingInputError
 from pipelines.cli import UserError, add_config_args
 
 DATASETS = ("synthetic", "movielens", "amazon", "kuaisar", "douban")
@@ -111,7 +112,7 @@ def _summary(args: argparse.Namespace) -> int:
 
     folder = Path(args.dir)
     if not folder.is_dir():
-        raise FileNotFoundError(f"dataset folder {folder} does not exist")
+        raise MissingInputError(f"dataset folder {folder} does not exist")
     path = folder / SUMMARY_FILE
     if not path.is_file():
         hint = (

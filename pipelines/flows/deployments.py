@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llm4msr.config import Settings
+from llm4msr.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def register_deployments(
     from pipelines.flows import flows
 
     if not PREFECT_API_URL.value():
-        raise ValueError(
+        raise UserError(
             "PREFECT_API_URL is not set: start a server (`prefect server start --host 127.0.0.1`) and export "
             "PREFECT_API_URL=http://127.0.0.1:4200/api (see docs/pipelines.md)"
         )

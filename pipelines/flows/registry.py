@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llm4msr.atomic import atomic_directory, write_json_atomic
+from llm4msr.errors import UserError
 from llm4msr.versioned import VersionedFolders
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 REGISTRY_FILE = "registry.json"
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError, ValueError):
     """The registry folder or a candidate model is not what the registry expects."""
 
 

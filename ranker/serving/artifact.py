@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llm4msr.atomic import sha256_file
+from llm4msr.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ KNOWLEDGE_INPUTS = ("user_knowledge", "user_has_knowledge", "scenario_knowledge"
 ALL_INPUTS = ("sparse_ids", *KNOWLEDGE_INPUTS)
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError, ValueError):
     """An exported model directory is missing, incomplete or corrupt; the message names the file."""
 
 

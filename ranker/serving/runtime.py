@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from llm4msr.config import ServeConfig
+from llm4msr.errors import UserError
 from llm4msr.ids import describe_bad_text_id, first_bad_text_id, text_id_problem
 from ranker.serving import artifact as A
 from ranker.serving.metrics import ServingMetrics
@@ -48,7 +49,7 @@ class ScoringRequestError(ValueError):
         self.status = status
 
 
-class KnowledgeMismatchError(ValueError):
+class KnowledgeMismatchError(UserError, ValueError):
     """The online store holds knowledge of another family/dimension than the model was trained on."""
 
 
