@@ -145,9 +145,9 @@ def _num(v: Any, fmt: str = ".4f") -> str:
 def metrics_table(variants: dict[str, dict[str, Any]]) -> list[str]:
     """Aligned per-scenario table: each metric for each variant, and the AUC change when there are two.
 
-    gAUC is '-' where every user has one held-out row (one class per user)."""
+    gAUC is '-' where every user has one held-out row (one class per user); a metric that is '-'
+    everywhere gets no column."""
     labels = list(variants)
-    cols = [(f"{m} {lab}" if len(labels) > 1 else m, key, lab) for m, key in METRICS for lab in labels]
     two = len(labels) == 2
     scenarios: list[str] = []
     for final in variants.values():
@@ -157,6 +157,11 @@ def metrics_table(variants: dict[str, dict[str, Any]]) -> list[str]:
     ]
     if any("overall" in f for f in variants.values()):
         rows.append(("overall", {lab: variants[lab].get("overall") or {} for lab in labels}))
+    # a metric no row has (gAUC with one held-out row per user) is left out rather than shown as '-'
+    present = [
+        (m, key) for m, key in METRICS if any(_num(r[lab].get(key)) != "-" for _, r in rows for lab in labels)
+    ]
+    cols = [(f"{m} {lab}" if len(labels) > 1 else m, key, lab) for m, key in present for lab in labels]
     width = max([len("scenario"), *(len(name) for name, _ in rows)]) + 2
     header = f"{'scenario':<{width}}" + "".join(f"{name:>{max(len(name), 6) + 2}}" for name, _, _ in cols)
     if two:

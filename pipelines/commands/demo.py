@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.cli import add_config_args
+from pipelines.commands.common import config_parent, deprecated_alias, out_parent
+
+DEFAULT_OUT = "artifacts/demo"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,13 +15,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run the main job end to end on the embedded defaults",
         description=(
             "Build the default synthetic dataset, encode scenario/user knowledge with vLLM (MiniLM on "
-            "CPU), publish it to the embedded online store, train STAR + LLM4MSR, export to ONNX, "
-            "score a few requests through the serving runtime, and print per-scenario metrics and "
-            "where everything was written. Stages that are not available yet are skipped with a note."
+            "CPU), publish it to the embedded online store, train STAR plain and + LLM4MSR "
+            "(train.select=auto), export the kept variant to ONNX, register it, score a few requests "
+            "through the serving runtime, and end with a short summary: per-scenario test metrics of "
+            "both variants, what was written where, and how to serve it."
         ),
+        parents=[
+            config_parent(),
+            out_parent(help=f"folder the demo writes everything to (default: {DEFAULT_OUT})"),
+        ],
     )
-    add_config_args(p)
-    p.add_argument("--workdir", default="artifacts/demo", help="where the demo writes everything")
+    deprecated_alias(p, "--workdir", "--out", "out")
     p.set_defaults(handler=_run)
 
 
@@ -28,4 +34,4 @@ def _run(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
     load_config(args.config, args.overrides)  # fail fast on a bad config, before any work
-    return run_demo(args.config, args.overrides, args.workdir)
+    return run_demo(args.config, args.overrides, args.out or DEFAULT_OUT)

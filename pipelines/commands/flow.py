@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipelines.cli import UserError, add_config_args
-
-FLOW_NAMES = ("nightly-knowledge", "train", "feature-refresh")
+from llm4msr.errors import UserError
+from pipelines.commands.common import config_parent, json_parent
+from pipelines.flows import FLOW_NAMES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,11 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             "store (incremental unless --full). train: train on the current data and knowledge snapshot, "
             "export to ONNX with the parity gate, register the model unless it is worse than the current "
             "one by more than pipelines.max_auc_regression. feature-refresh: re-encode only users whose "
-            "history changed and push them to the online store. Prints the flow's report as JSON."
+            "history changed and push them to the online store. Prints a short summary (the full "
+            "report is written under pipelines.work_dir/reports and printed with --json). Exit code 3: "
+            "the train flow completed but refused the model."
         ),
+        parents=[config_parent(), json_parent("the flow's full report")],
     )
     run.add_argument("name", choices=FLOW_NAMES, help="which flow")
-    add_config_args(run)
     run.add_argument(
         "--full",
         action="store_true",
@@ -61,8 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "parameters and start in --workdir. Then start a worker: "
             "`prefect worker start --pool <pipelines.work_pool>`."
         ),
+        parents=[config_parent()],
     )
-    add_config_args(dep)
     dep.add_argument(
         "--workdir",
         default=None,
@@ -105,6 +107,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = load_config(args.config, args.overrides)  # fail fast on a bad config, before Prefect starts
     overrides = flow_overrides(list(args.overrides), settings.store.password_env)
     from pipelines.flows import flows
+    from pipelines.flows.results import TrainFlowResult
 
     fl = flows()[args.name]
     kwargs: dict[str, object] = {"config": args.config, "overrides": overrides}
@@ -117,12 +120,11 @@ def _run(args: argparse.Namespace) -> int:
     elif args.no_materialize:
         raise UserError("--no-materialize applies to the knowledge flows only")
     report = fl(**kwargs)
-    print(json.dumps(report, indent=2, default=str))
-    if (
-        args.name == "train"
-        and not report.get("registered")
-        and not report.get("registry", {}).get("already_current")
-    ):
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print("\n".join(report.summary_lines()))
+    if isinstance(report, TrainFlowResult) and not report.accepted:
         return 3  # completed, but the model was refused (the report says why)
     return 0
 

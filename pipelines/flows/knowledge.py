@@ -28,6 +28,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from feature_store.materialize import MaterializeReport
 from llm4msr.config import DataConfig, KnowledgeConfig, Settings, StoreConfig
+from llm4msr.errors import UserError
 from llm4msr.secrets import export_password, redact_tree
 from pipelines.flows.common import (
     RESULT_SERIALIZER,
@@ -51,8 +52,9 @@ from pipelines.flows.results import (
 )
 
 
-class FlowError(RuntimeError):
-    """A flow cannot proceed (missing inputs, the world changed under it); the message says what to do."""
+class FlowError(UserError, RuntimeError):
+    """A flow cannot proceed (missing inputs, the world changed under it); the message says what to do
+    (a UserError: the CLI prints it as one line)."""
 
 
 # --------------------------------------------------------------------------- plan handoff

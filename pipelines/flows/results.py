@@ -158,6 +158,28 @@ class KnowledgeFlowResult(JsonResult):
     timings: dict[str, float] = field(default_factory=dict)
     report_path: str | None = None
 
+    def summary_lines(self) -> list[str]:
+        """A few lines for a person (`llm4msr flow run` without --json)."""
+        p = self.plan
+        lines = [
+            f"{self.flow}: {self.status}, snapshot {self.snapshot_id} "
+            f"({p.n_encode if self.status == 'published' else 0} encoded, {p.n_carry} carried over"
+            f"{', base ' + self.base_snapshot_id if self.base_snapshot_id else ''})",
+            f"  snapshot   {self.snapshot.path}",
+        ]
+        if self.materialize is not None:
+            m = self.materialize
+            state = "already current" if m.already_current else f"{m.keys_written} keys written"
+            lines.append(f"  online     {m.store} version {m.version} ({state})")
+        else:
+            lines.append("  online     not written (--no-materialize)")
+        if self.retained_deleted:
+            lines.append(
+                f"  removed    old snapshots {', '.join(self.retained_deleted)} (store.keep_versions)"
+            )
+        lines += [_timings_line(self.timings), f"  report     {self.report_path}"]
+        return lines
+
 
 # --------------------------------------------------------------------------- train flow
 @dataclass
@@ -228,6 +250,32 @@ class TrainFlowResult(JsonResult):
     def accepted(self) -> bool:
         """The flow's model is the current one (newly registered, or the same weights already were)."""
         return self.registered or self.registry.already_current
+
+    def summary_lines(self) -> list[str]:
+        """A few lines for a person (`llm4msr flow run` without --json)."""
+        auc = self.evaluation.valid_auc
+        if self.registered:
+            head = f"train: registered model {self.registry.model_id}"
+        elif self.registry.already_current:
+            head = f"train: model {self.registry.model_id} is already current"
+        else:
+            head = f"train: NOT registered (current stays {self.registry.current_model_id})"
+        lines = [
+            head,
+            f"  reason     {self.reason}",
+            f"  run        {self.run.run_dir} (validation AUC {'n/a' if auc is None else f'{auc:.4f}'})",
+        ]
+        if self.run.selection:
+            lines.append(f"  selection  {self.run.selection.get('reason') or self.run.selection.get('keep')}")
+        if self.registry.model_dir:
+            lines.append(f"  model      {self.registry.model_dir}")
+        lines += [_timings_line(self.timings), f"  report     {self.report_path}"]
+        return lines
+
+
+def _timings_line(timings: dict[str, float]) -> str:
+    total = sum(timings.values())
+    return f"  seconds    {total:.1f} (" + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + ")"
 
 
 FlowResult = KnowledgeFlowResult | TrainFlowResult
