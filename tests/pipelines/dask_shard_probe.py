@@ -5,7 +5,9 @@ kills). While `<probe dir>/hold` exists, each shard this worker starts first wri
 `<probe dir>/started-<pid>-<shard>.json` (pid, shard index, the shard's file) and then waits the
 seconds written in `hold` before the real encoding runs. The wait stands in for a long LLM shard:
 it gives the test a window in which the worker is provably inside a shard whose file is not yet
-committed. Without the environment variable this module does nothing.
+committed. Without the environment variable it only imports the encoder's libraries at worker
+start (torch, transformers), so that cost overlaps the test's reference run instead of the first
+shard.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ PROBE_ENV = "LLM4MSR_TEST_DASK_PROBE"
 
 def dask_setup(worker: Any) -> None:
     """Wrap knowledge_service.runner.encode_shard in this worker process (the flow task calls it)."""
+    from transformers import AutoModelForCausalLM  # noqa: F401 - warm import (torch + transformers)
+
     probe = os.environ.get(PROBE_ENV)
     if not probe:
         return
