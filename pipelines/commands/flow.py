@@ -72,6 +72,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     dep.add_argument("--paused", action="store_true", help="create the schedules paused")
     dep.add_argument("--dry-run", action="store_true", help="print what would be registered and exit")
+    dep.add_argument(
+        "--prefect-yaml",
+        action="store_true",
+        help="print deploy/prefect.yaml (for `prefect deploy`) generated from this config and exit",
+    )
     dep.set_defaults(handler=_deploy)
 
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
@@ -135,6 +140,11 @@ def _deploy(args: argparse.Namespace) -> int:
 
     settings = load_config(args.config, args.overrides)
     flow_overrides(list(args.overrides), settings.store.password_env, deploy=True)  # no secrets
+    if args.prefect_yaml:
+        from pipelines.flows.deployments import prefect_yaml
+
+        print(prefect_yaml(settings), end="")
+        return 0
     if args.dry_run:
         for s in deployment_specs(settings, args.config, args.overrides):
             print(

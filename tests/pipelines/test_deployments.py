@@ -116,3 +116,27 @@ def test_deployments_on_a_real_prefect_server(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=10)
+
+
+def test_prefect_yaml_is_generated_from_the_config(capsys) -> None:
+    """One source for the schedules: deploy/prefect.yaml is what the default config generates."""
+    import yaml
+
+    from pipelines.cli import main
+    from pipelines.flows.deployments import prefect_yaml
+
+    committed = Path(__file__).resolve().parents[2] / "deploy" / "prefect.yaml"
+    assert committed.read_text() == prefect_yaml(load_config(None, [])), (
+        "deploy/prefect.yaml drifted from the config; regenerate it with "
+        "`llm4msr flow deploy --prefect-yaml > deploy/prefect.yaml`"
+    )
+    assert main(["flow", "deploy", "--prefect-yaml", "--set", "pipelines.train_cron=30 5 * * *"]) == 0
+    doc = yaml.safe_load(capsys.readouterr().out)
+    crons = {d["name"]: d["schedules"][0]["cron"] for d in doc["deployments"]}
+    specs = {s.name: s.cron for s in deployment_specs(load_config(None, ["pipelines.train_cron=30 5 * * *"]))}
+    assert crons == specs and crons["after-knowledge"] == "30 5 * * *"
+    assert {d["entrypoint"] for d in doc["deployments"]} == {
+        "pipelines/flows/knowledge.py:nightly_knowledge",
+        "pipelines/flows/train.py:train_flow",
+        "pipelines/flows/knowledge.py:feature_refresh",
+    }
