@@ -664,8 +664,12 @@ def render_text(r: ExplainReport) -> str:
         out += [f"  {n.entity_id:<{w}}  {n.similarity:+.4f}" for n in nn]
     out.append("")
     out.append(
-        f"top-{r.top_k} of {r.n_candidates} items (ONNX {Path(r.onnx_file).name}): with the user's knowledge "
-        "vs the fallback vector"
+        f"top-{r.top_k} of {r.n_candidates} items (ONNX {Path(r.onnx_file).name}): "
+        + (
+            "with the user's knowledge vs the fallback vector"
+            if r.user_has_knowledge
+            else "the fallback vector (no user knowledge: both columns are the same)"
+        )
     )
     tw = max([len(_title(i)) for i in r.items] + [5])
     iw = max([len(i.item_id) for i in r.items] + [4])
@@ -785,7 +789,10 @@ def render_html(r: ExplainReport) -> str:
         parts.append("<table><tr><th class='l'>id</th><th>cosine</th></tr>")
         parts += [f"<tr><td class='l'>{e(n.entity_id)}</td><td>{n.similarity:+.4f}</td></tr>" for n in nn]
         parts.append("</table>")
-    parts.append(f"<h2>Top-{r.top_k}: with the user's knowledge vs the fallback vector (ONNX)</h2>")
+    what = (
+        "with the user's knowledge vs the fallback vector" if r.user_has_knowledge else "the fallback vector"
+    )
+    parts.append(f"<h2>Top-{r.top_k}: {what} (ONNX)</h2>")
     parts.append(
         "<table><tr><th>rank</th><th class='l'>item</th><th class='l'>title</th><th>score</th>"
         "<th>fallback score</th><th>fallback rank</th><th class='l'>moved</th></tr>"
