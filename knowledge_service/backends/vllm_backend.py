@@ -24,6 +24,20 @@ from knowledge_service.models import KnowledgeError, ModelInfo
 log = logging.getLogger(__name__)
 
 
+def restore_set_num_threads(original: Any) -> None:
+    """Undo vLLM's CPU worker replacing `torch.set_num_threads` with a stub that only warns.
+
+    With the in-process engine that stub is process-wide: a later `train` in the same process
+    (the demo, a flow worker) would silently keep vLLM's thread count and ignore `train.threads`.
+    Restored, the last caller's setting holds (vLLM's own encoding then runs with it too).
+    """
+    import torch
+
+    if torch.set_num_threads is not original:
+        torch.set_num_threads = original
+        log.debug("restored torch.set_num_threads after vLLM replaced it")
+
+
 class VllmBackend(Backend):
     name = "vllm"
 
@@ -67,6 +81,9 @@ class VllmBackend(Backend):
             self.max_model_len,
         )
         t0 = time.perf_counter()
+        import torch
+
+        set_num_threads = torch.set_num_threads
         try:
             llm = LLM(str(self.info.path), runner=runner, **kwargs)
         except Exception as exc:  # noqa: BLE001 - one clear message naming the model
@@ -74,6 +91,8 @@ class VllmBackend(Backend):
             raise KnowledgeError(
                 f"model {self.info.path}: vLLM cannot load it: {type(exc).__name__}: {exc}"
             ) from exc
+        finally:
+            restore_set_num_threads(set_num_threads)
         log.info(
             "loaded %s into vLLM (runner=%s) in %.1fs", self.info.model_id, runner, time.perf_counter() - t0
         )
