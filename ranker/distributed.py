@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+import types
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from feature_store.dataset import CanonicalDataset, DataError, version_of
 from llm4msr.config import Settings
 from ranker.features import FeatureSpec, build_spec
 from ranker.knowledge import KnowledgeTables
+from ranker.layers import PartitionedNorm
 from ranker.model import RankerModel
 from ranker.train import (
     Encoded,
@@ -114,11 +116,10 @@ class ShardRows:
     def __len__(self) -> int:
         return self.total
 
-    def loss(self, model: RankerModel, idx: torch.Tensor) -> torch.Tensor | None:
+    def loss(self, model: RankerModel, idx: torch.Tensor) -> torch.Tensor:
         """sum of this rank's rows' losses / B: summed over ranks, the batch mean of one process."""
         mine = idx[(idx >= self.offset) & (idx < self.offset + len(self.enc))] - self.offset
-        if mine.numel() == 0:
-            return None
+        # An empty share still runs the forward: synchronised batch statistics are collectives.
         batch = self.kin.batch(self.enc, mine)
         labels = self.enc.labels[mine]
         if self.device.type != "cpu":
@@ -133,6 +134,13 @@ class DistributedReplicas(Replicas):
 
     def __init__(self, rank: int, world_size: int, device: torch.device, backend: str):
         self.rank, self.world_size, self.device, self.backend = rank, world_size, device, backend
+
+    def prepare(self, model: nn.Module) -> None:
+        """Batch statistics over the global batch: every `PartitionedNorm` (STAR) sums its
+        per-scenario statistics over ranks, as one process computes them over the whole batch."""
+        for m in model.modules():
+            if isinstance(m, PartitionedNorm):
+                m.forward = types.MethodType(_synced_partitioned_norm, m)  # type: ignore[method-assign]
 
     def reduce_gradients(self, model: nn.Module) -> None:
         """Sum gradients over ranks in one flat buffer, with one has-gradient flag per parameter: a
@@ -155,14 +163,10 @@ class DistributedReplicas(Replicas):
             o += k
 
     def end_epoch(self, model: nn.Module, loss_sum: float) -> float:
-        """Run-wide loss sum; running statistics (buffers named running_*) averaged over ranks, so
-        every replica evaluates and saves the same model."""
+        """Run-wide loss sum. Buffers need no sync: running statistics come from synchronised batch
+        statistics (`prepare`), so they are the same on every rank."""
         t = torch.tensor([loss_sum], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
-        for name, buf in model.named_buffers():
-            if name.rsplit(".", 1)[-1].startswith("running_") and buf.is_floating_point():
-                dist.all_reduce(buf)
-                buf.div_(self.world_size)
         return float(t.item())
 
     def from_main(self, values: list[float]) -> list[float]:
@@ -189,6 +193,50 @@ class DistributedReplicas(Replicas):
                 raise error
             r, e = failed[0]
             raise DistributedError(f"rank {r}/{self.world_size} failed while {what}: {e}")
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """Sum over ranks with its gradient: each rank's input feeds every rank's output, so the
+    backward sums the output gradients over ranks too."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
+        out = t.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
+def _synced_partitioned_norm(self: PartitionedNorm, x: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+    """`PartitionedNorm.forward` with the training statistics' sums and counts all-reduced over the
+    ranks (with autograd: the backward all-reduces their gradients), so mean, variance, running
+    statistics and gradients are those of the global batch. Evaluation is the layer's own forward.
+    The math mirrors ranker/layers.py; tests/ranker/test_distributed.py checks they agree."""
+    if not self.training:
+        return PartitionedNorm.forward(self, x, scenario)
+    onehot = F.one_hot(scenario, self.n_scenarios).to(x.dtype)  # [b, S]
+    count = onehot.sum(0)
+    dist.all_reduce(count)
+    denom = count.clamp(min=1.0).unsqueeze(1)
+    mean_s = _SumOverRanks.apply(onehot.t() @ x) / denom
+    centred = x - mean_s.index_select(0, scenario)
+    var_s = _SumOverRanks.apply(onehot.t() @ centred.pow(2)) / denom
+    with torch.no_grad():
+        seen = (count > 0).unsqueeze(1)
+        m = self.momentum
+        self.running_mean.copy_(
+            torch.where(seen, (1 - m) * self.running_mean + m * mean_s, self.running_mean)
+        )
+        self.running_var.copy_(torch.where(seen, (1 - m) * self.running_var + m * var_s, self.running_var))
+    normed = centred / torch.sqrt(var_s.index_select(0, scenario) + self.eps)
+    gamma = self.gamma * self.gamma_s.index_select(0, scenario)
+    beta = self.beta + self.beta_s.index_select(0, scenario)
+    return normed * gamma + beta
 
 
 def init_from_env(backend: str | None = None) -> DistributedReplicas:
