@@ -339,9 +339,14 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Settings:
-    """Defaults <- YAML file (if any) <- KEY=VALUE overrides, validated."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, *, base: dict[str, Any] | None = None
+) -> Settings:
+    """Defaults <- `base` (a nested dict of settings, e.g. from the Python API) <- YAML file (if any)
+    <- KEY=VALUE overrides, validated."""
     tree: dict[str, Any] = Settings().model_dump()
+    if base is not None:
+        tree = _deep_merge(tree, base)
     if path is not None:
         p = Path(path)
         if not p.is_file():
