@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from llm4msr.errors import UserError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 10
@@ -44,7 +46,7 @@ ONNX = "onnx"
 TORCH = "torch"
 
 
-class ExplainError(ValueError):
+class ExplainError(UserError, ValueError):
     """Bad input to explain (unknown id, mismatched model and snapshot); one line naming the value."""
 
 

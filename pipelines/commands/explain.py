@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.cli import UserError, add_config_args
+from pipelines.commands.common import config_parent, data_parent, json_parent, knowledge_parent, out_parent
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "explain",
+        parents=[
+            config_parent(),
+            data_parent(help="canonical dataset folder (default: the one the model was trained on)"),
+            knowledge_parent(),
+            out_parent(metavar="FILE", help="also write a self-contained HTML report to FILE"),
+            json_parent("the report"),
+        ],
         help="why the ranker ranks these items for a user in a scenario (prompt, answer, knowledge effect)",
         description=(
             "Explain one ranking without retraining: the prompt the user's (and the scenario's) knowledge "
@@ -30,24 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="exported model folder (default: the CURRENT model of pipelines.registry_dir)",
     )
     p.add_argument(
-        "--knowledge",
-        metavar="DIR",
-        help="knowledge snapshot root or snapshot folder (default: knowledge.snapshot_root, CURRENT)",
-    )
-    p.add_argument(
-        "--data",
-        metavar="DIR",
-        help="canonical dataset folder (default: the one the model was trained on)",
-    )
-    p.add_argument(
         "--top-k", type=int, default=10, metavar="N", help="items to show per ranking (default 10)"
     )
     p.add_argument(
         "--neighbours", type=int, default=5, metavar="N", help="nearest users/scenarios to show (default 5)"
     )
-    p.add_argument("--out", metavar="FILE", help="also write a self-contained HTML report to FILE")
-    p.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
-    add_config_args(p)
     p.set_defaults(handler=run)
 
 
@@ -55,22 +49,19 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from llm4msr.config import load_config
-    from pipelines.explain import ExplainError, explain, render_text, write_html
+    from pipelines.explain import explain, render_text, write_html
 
     settings = load_config(args.config, args.overrides)
-    try:
-        report = explain(
-            settings,
-            scenario_id=args.scenario,
-            user_id=args.user,
-            model_dir=args.model,
-            knowledge=args.knowledge,
-            data_dir=args.data,
-            top_k=args.top_k,
-            neighbours=args.neighbours,
-        )
-    except ExplainError as exc:
-        raise UserError(str(exc)) from exc
+    report = explain(
+        settings,
+        scenario_id=args.scenario,
+        user_id=args.user,
+        model_dir=args.model,
+        knowledge=args.knowledge,
+        data_dir=args.data,
+        top_k=args.top_k,
+        neighbours=args.neighbours,
+    )
     if args.out:
         write_html(report, args.out)
     if args.json:
