@@ -3,107 +3,168 @@
 Export rules (ONNX, serving parity): per-scenario parameters are gathered by scenario index
 (`gather_scenario`), never selected with boolean masks; no Python branching on data; at
 inference nothing depends on batch statistics, so a row's score never depends on its batch.
+
+Layers whose weights depend on a row's context (weights generated from knowledge, STAR's
+per-scenario weights, M2M's meta tower) implement `ContextLayer`: `weights(ctx)` and `apply_weights(x, *w)`.
+Their one reference forward (training, and what every faster path is tested against) is
+`ContextLayer.reference`. The one faster path is `RowGroups`: at inference, rows that share a
+context get its weights computed once. A backbone without such layers needs nothing of this.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def uniform_or_per_row(
-    module: nn.Module,
-    key: torch.Tensor,
-    uniform: Callable[..., torch.Tensor],
-    per_row: Callable[..., torch.Tensor],
-    operands: tuple[torch.Tensor, ...],
-) -> torch.Tensor:
-    """Row 0's shared computation for every row whose `key` equals row 0's; `per_row` for the others.
+class ContextLayer:
+    """A layer whose weights are a function of a per-row context (a mixin for `nn.Module`s, or a
+    plain object over another module's parameters).
 
-    A serving request is one user in one scenario, so its rows share their knowledge and scenario:
-    `uniform(*operands)` computes row 0's generated / per-scenario weights once and applies them to
-    all rows (same function as `per_row`, 1/B or 1/S of the work); rows that differ from row 0
-    (mixed training/evaluation batches) are recomputed with `per_row` on just those rows and written
-    back by index (ONNX NonZero/Gather/ScatterND: no boolean-mask indexing, no If subgraphs, which the
-    float16 converter cannot handle). Training, and the legacy TorchScript exporter, take `per_row`.
+    Subclasses write the math once, in a layout that serves every path:
+    `weights(ctx [n, ...]) -> tuple of [n, ...]` (one set of weights per context row) and
+    `apply_weights(x [n, m, d_in], *weights) -> [n, m, d_out]` (group g's weights on its m rows).
+    `reference` (rows are their own groups) is the definition; override it only where per-row
+    weights would be wasteful (STAR: a few scenarios' weights for all rows, then a gather).
     """
-    if module.training or torch.jit.is_tracing() or torch.jit.is_scripting():
-        return per_row(*operands)
-    if not torch.compiler.is_exporting() and key.shape[0] == 0:  # eager empty batch: no row 0
-        return per_row(*operands)
-    out = uniform(*operands)
-    differs = (key != key[:1]).reshape(key.shape[0], -1).any(-1)
-    idx = differs.nonzero().squeeze(-1)
-    rows = per_row(*(t.index_select(0, idx) for t in operands))
-    return out.index_copy(0, idx, rows)
+
+    def weights(self, ctx: torch.Tensor) -> tuple[torch.Tensor, ...]:  # pragma: no cover
+        raise NotImplementedError
+
+    def apply_weights(self, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def reference(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """x [B, d_in], ctx [B, ...] (one context per row) -> [B, d_out]."""
+        return self.apply_weights(x.unsqueeze(1), *self.weights(ctx)).squeeze(1)
+
+
+GroupingMode = Literal["auto", "reference", "first_row"]
+_MODE: list[GroupingMode] = ["auto"]
+
+
+@contextmanager
+def grouping(mode: GroupingMode) -> Iterator[None]:
+    """Force how `RowGroups.build` groups rows (tests, debugging): "reference" (every row its own
+    group, the training path), "first_row" (the graph-export grouping, in eager) or "auto"."""
+    _MODE.append(mode)
+    try:
+        yield
+    finally:
+        _MODE.pop()
 
 
 @dataclass
 class RowGroups:
-    """Rows of a batch grouped by their context, laid out for batched matmuls per group.
+    """Which rows of a batch share the context their weights come from; the one inference fast path.
 
-    `rep[g]` is a row of group g, `inverse[i]` the group of row i, and `slot[i]` where row i goes in
-    a zero-padded [n_groups, max_rows, ·] layout (rows of one group side by side), so a weight
-    generated once per group applies to its rows as one bmm, with no per-row weight copies.
+    Training, tracing and batches that do not group take the reference (`reps is None`: every row
+    its own group). Otherwise `reps[g]` is a row of group g and `inverse[i]` the group of row i, and
+    `run` computes each group's weights once:
+
+    * eager evaluation (`slot`): exact groups of an id column (`hint`), laid out in a zero-padded
+      [groups, rows, d] block so `apply_weights` is one batched matmul (a batch of ranked candidates holds a
+      few users, any batch a few scenarios);
+    * graph export (`rest`): group 0 = the rows whose context equals row 0's (a serving request is one
+      user in one scenario), the other rows take the reference. No data-dependent shapes besides
+      NonZero, no If subgraphs (which the float16 converter cannot handle).
+
+    Every path computes the same function with other float rounding (parity tests per layer,
+    tests/ranker/test_context_layers.py).
     """
 
-    rep: torch.Tensor
-    inverse: torch.Tensor
-    slot: torch.Tensor
-    n: int
-    m: int
+    reps: torch.Tensor | None = None
+    inverse: torch.Tensor | None = None
+    slot: torch.Tensor | None = None  # eager: row i's place in the padded [n, m] layout
+    m: int = 0
+    rest: torch.Tensor | None = None  # export: rows whose context differs from row 0's
+
+    @classmethod
+    def build(
+        cls, module: nn.Module, keys: Sequence[torch.Tensor], hint: torch.Tensor, max_fraction: float = 0.25
+    ) -> RowGroups:
+        """Group rows by `keys` (the inputs the weights are computed from) for `module`'s forward.
+
+        `hint` is an id column that should determine the keys (user id, scenario index): eager
+        grouping sorts it, then checks the keys against it, so a hint that does not determine them
+        only costs the check (and the reference runs).
+        """
+        mode = _MODE[-1]
+        if mode == "reference" or module.training or torch.jit.is_tracing() or torch.jit.is_scripting():
+            return cls()
+        if mode == "first_row" or torch.compiler.is_exporting():
+            return cls.first_row(keys)
+        return cls.exact(keys, hint, max_fraction)
+
+    @classmethod
+    def first_row(cls, keys: Sequence[torch.Tensor]) -> RowGroups:
+        """Group 0 = rows whose keys equal row 0's; every other row is its own group (reference)."""
+        b = keys[0].shape[0]
+        if not torch.compiler.is_exporting() and b == 0:  # eager empty batch: no row 0
+            return cls()
+        differs = (keys[0] != keys[0][:1]).reshape(b, -1).any(-1)
+        for key in keys[1:]:
+            differs = differs | (key != key[:1]).reshape(b, -1).any(-1)
+        rest = differs.nonzero().squeeze(-1)
+        inverse = differs.long().cumsum(0) * differs.long()  # rest rows: 1..k in row order; others 0
+        reps = torch.cat([rest.new_zeros(1), rest])
+        return cls(reps=reps, inverse=inverse, rest=rest)
+
+    @classmethod
+    def exact(cls, keys: Sequence[torch.Tensor], hint: torch.Tensor, max_fraction: float = 0.25) -> RowGroups:
+        """Eager: groups of equal `hint` if the keys are equal within each group and groups are few."""
+        b = hint.shape[0]
+        if b < 8:
+            return cls()
+        _, inverse, counts = torch.unique(hint, return_inverse=True, return_counts=True)
+        n = counts.shape[0]
+        if n > max_fraction * b:
+            return cls()
+        rows = torch.arange(b, device=hint.device)
+        rep = torch.full((n,), b, dtype=torch.long, device=hint.device).scatter_reduce(
+            0, inverse, rows, "amin"
+        )
+        for key in keys:
+            if not torch.equal(key.index_select(0, rep).index_select(0, inverse), key):
+                return cls()
+        order = torch.argsort(inverse, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        m = int(counts.max())
+        slot = torch.empty_like(inverse)
+        sorted_groups = inverse.index_select(0, order)
+        slot[order] = sorted_groups * m + (rows - starts.index_select(0, sorted_groups))
+        return cls(reps=rep, inverse=inverse, slot=slot, m=m)
+
+    @property
+    def is_reference(self) -> bool:
+        return self.reps is None
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-row [B, ...] -> one value per group [n, ...] (the contexts weights are computed from)."""
+        return t if self.reps is None else t.index_select(0, self.reps)
 
     def expand(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-group rows [n, ...] -> per-row [b, ...]."""
-        return t.index_select(0, self.inverse)
+        """Per-group [n, ...] -> per-row [B, ...]."""
+        return t if self.inverse is None else t.index_select(0, self.inverse)
 
-    def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """[b, d] -> [n, m, d] (padding rows are zero)."""
-        out = x.new_zeros(self.n * self.m, x.shape[1])
-        return out.index_copy(0, self.slot, x).view(self.n, self.m, x.shape[1])
-
-    def unpad(self, y: torch.Tensor) -> torch.Tensor:
-        """[n, m, d] -> [b, d] in the original row order."""
-        return y.reshape(self.n * self.m, y.shape[-1]).index_select(0, self.slot)
-
-
-def row_groups(
-    keys: Sequence[torch.Tensor], hint: torch.Tensor, max_fraction: float = 0.25
-) -> RowGroups | None:
-    """Eager only: the batch's rows grouped by `hint` when every tensor in `keys` (the inputs the
-    weights are generated from) is the same on all rows of a group and groups are few; else None.
-
-    A training batch holds a handful of scenarios, and an evaluation batch of ranked candidates a
-    handful of users, yet the meta networks would generate weights once per row. Grouping by an id
-    column (cheap to sort) and generating once per group is the same function at a fraction of the
-    cost. The grouping is checked against the keys themselves, so a hint that does not determine
-    them only costs the check. Export and tracing take the per-row graph (no data-dependent shapes).
-    """
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting():
-        return None
-    b = hint.shape[0]
-    if b < 8:
-        return None
-    _, inverse, counts = torch.unique(hint, return_inverse=True, return_counts=True)
-    n = counts.shape[0]
-    if n > max_fraction * b:
-        return None
-    rows = torch.arange(b, device=hint.device)
-    rep = torch.full((n,), b, dtype=torch.long, device=hint.device).scatter_reduce(0, inverse, rows, "amin")
-    for key in keys:
-        if not torch.equal(key.index_select(0, rep).index_select(0, inverse), key):
-            return None
-    order = torch.argsort(inverse, stable=True)
-    starts = torch.cumsum(counts, 0) - counts
-    m = int(counts.max())
-    slot = torch.empty_like(inverse)
-    sorted_groups = inverse.index_select(0, order)
-    slot[order] = sorted_groups * m + (rows - starts.index_select(0, sorted_groups))
-    return RowGroups(rep, inverse, slot, n, m)
+    def run(self, layer: ContextLayer, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """`layer` on rows x [B, d_in] with one context per group, ctx = `gather(...)` -> [B, d_out]."""
+        if self.reps is None:
+            return layer.reference(x, ctx)
+        if self.slot is not None:
+            n, d = ctx.shape[0], x.shape[1]
+            padded = x.new_zeros(n * self.m, d).index_copy(0, self.slot, x).view(n, self.m, d)
+            y = layer.apply_weights(padded, *layer.weights(ctx))
+            return y.reshape(n * self.m, y.shape[-1]).index_select(0, self.slot)
+        assert self.rest is not None
+        out = layer.apply_weights(x.unsqueeze(0), *layer.weights(ctx[:1])).squeeze(0)
+        return out.index_copy(0, self.rest, layer.reference(x.index_select(0, self.rest), ctx[1:]))
 
 
 def gather_scenario(per_scenario: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:

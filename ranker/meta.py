@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ranker.layers import KnowledgeNorm, KnowledgeProjector, RowGroups, row_groups, uniform_or_per_row
+from ranker.layers import ContextLayer, KnowledgeNorm, KnowledgeProjector, RowGroups
 
 
 class UserFallback(nn.Module):
@@ -40,8 +40,9 @@ class UserFallback(nn.Module):
         return torch.where(has, user_knowledge, self.fallback.unsqueeze(0).expand_as(user_knowledge))
 
 
-class GeneratedLinear(nn.Module):
-    """A d_in -> d_out linear map whose weights are generated per row from a context vector p.
+class GeneratedLinear(ContextLayer, nn.Module):
+    """A d_in -> d_out linear map whose weights are generated from a context vector p (per row in
+    the reference, per group of rows sharing p at inference: `ranker.layers.RowGroups`).
 
     Returns the *delta* (U Vᵀ x or G x) plus the generated bias; callers add identity or a static
     base. Low rank keeps the generator at P·r·(d_in + d_out) parameters.
@@ -66,44 +67,29 @@ class GeneratedLinear(nn.Module):
         nn.init.zeros_(self.gen_b.weight)
         nn.init.zeros_(self.gen_b.bias)
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        return uniform_or_per_row(self, ctx, self._shared_ctx, self._per_row, (x, ctx))
+    def forward(self, x: torch.Tensor, p: torch.Tensor, groups: RowGroups) -> torch.Tensor:
+        """x [B, d_in], p [n, P] one context per group of `groups` -> [B, d_out]."""
+        return groups.run(self, x, p)
 
-    def _shared_ctx(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        # Every row has the same context (one user / one scenario per request): generate its weights
-        # once from row 0 and apply them to all rows as plain matmuls. Same math as _per_row.
-        c = ctx[:1]
+    def weights(self, p: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = p.shape[0]
         if self.mode == "lowrank":
-            u = self.gen_u(c).view(self.d_out, self.rank)
-            v = self.gen_v(c).view(self.d_in, self.rank)
-            delta = (x @ v) @ u.t()
-        else:
-            delta = x @ self.gen_w(c).view(self.d_out, self.d_in).t()
-        return delta + self.gen_b(c)
+            u = self.gen_u(p).view(n, self.d_out, self.rank)
+            v = self.gen_v(p).view(n, self.d_in, self.rank)
+            return u, v, self.gen_b(p)
+        return self.gen_w(p).view(n, self.d_out, self.d_in), self.gen_b(p)
 
-    def _per_row(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
+    def apply_weights(self, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        xt = x.transpose(1, 2)  # [n, d_in, m]
         if self.mode == "lowrank":
-            u = self.gen_u(ctx).view(b, self.d_out, self.rank)
-            v = self.gen_v(ctx).view(b, self.d_in, self.rank)
-            delta = torch.bmm(u, torch.bmm(v.transpose(1, 2), x.unsqueeze(-1))).squeeze(-1)
+            u, v, b = weights
+            delta = torch.bmm(u, torch.bmm(v.transpose(1, 2), xt))
         else:
-            w = self.gen_w(ctx).view(b, self.d_out, self.d_in)
-            delta = torch.bmm(w, x.unsqueeze(-1)).squeeze(-1)
-        return delta + self.gen_b(ctx)
-
-    def grouped(self, x: torch.Tensor, ctx: torch.Tensor, groups: RowGroups) -> torch.Tensor:
-        """Same function as `_per_row`, with weights generated once per group: `ctx` holds one row
-        per group (see `row_groups`); each group's rows go through them as one batched matmul."""
-        n = ctx.shape[0]
-        xp = groups.pad(x)  # [n, m, d_in]
-        if self.mode == "lowrank":
-            u = self.gen_u(ctx).view(n, self.d_out, self.rank)
-            v = self.gen_v(ctx).view(n, self.d_in, self.rank)
-            y = torch.bmm(torch.bmm(xp, v), u.transpose(1, 2))
-        else:
-            y = torch.bmm(xp, self.gen_w(ctx).view(n, self.d_out, self.d_in).transpose(1, 2))
-        return groups.unpad(y) + groups.expand(self.gen_b(ctx))
+            g, b = weights
+            # standard strides: bmm picks its kernel by stride, and this keeps the reference (m = 1)
+            # bit-identical to the per-row G x the models were trained with
+            delta = torch.bmm(g, xt.clone(memory_format=torch.contiguous_format))
+        return delta.transpose(1, 2) + b.unsqueeze(1)
 
 
 class UserMetaNetwork(nn.Module):
@@ -122,20 +108,11 @@ class UserMetaNetwork(nn.Module):
         has_knowledge: torch.Tensor,
         user_ids: torch.Tensor,
     ) -> torch.Tensor:
+        groups = RowGroups.build(self, (user_knowledge, has_knowledge), user_ids)
+        p = self.project(self.fallback(groups.gather(user_knowledge), groups.gather(has_knowledge)))
         x = emb.flatten(1)
-        # eager batches of few users (ranked candidates): weights generated once per user
-        groups = None if self.training else row_groups((user_knowledge, has_knowledge), user_ids)
-        if groups is not None:
-            rep = groups.rep
-            p = self.project(
-                self.fallback(user_knowledge.index_select(0, rep), has_knowledge.index_select(0, rep))
-            )
-            for layer in self.layers:
-                x = x + layer.grouped(x, p, groups)
-            return x.view_as(emb)
-        p = self.project(self.fallback(user_knowledge, has_knowledge))
         for layer in self.layers:
-            x = x + layer(x, p)
+            x = x + layer(x, p, groups)
         return x.view_as(emb)
 
 
@@ -169,24 +146,15 @@ class ScenarioMetaNetwork(nn.Module):
         scenario_knowledge: torch.Tensor,
         scenario: torch.Tensor,
     ) -> torch.Tensor:
-        # evaluation only: training keeps the per-row path (same function, but other float rounding
-        # changes training trajectories; the synthetic headline margin proved sensitive to that)
-        groups = None if self.training else row_groups((scenario_knowledge,), scenario)
-        if groups is not None:
-            p = self.project(scenario_knowledge.index_select(0, groups.rep))
-        else:
-            p = self.project(scenario_knowledge)
-
-        def per_row(t: torch.Tensor) -> torch.Tensor:
-            return t if groups is None else groups.expand(t)
-
+        groups = RowGroups.build(self, (scenario_knowledge,), scenario)
+        p = self.project(groups.gather(scenario_knowledge))
         z = emb.flatten(1)
         for base, gen in zip(self.base, self.generated, strict=True):
-            z = torch.relu(base(z) + (gen(z, p) if groups is None else gen.grouped(z, p, groups)))
-        logit = (z * per_row(self.out_w(p))).sum(-1) + per_row(self.out_b(p)).squeeze(-1)
+            z = torch.relu(base(z) + gen(z, p, groups))
+        logit = (z * groups.expand(self.out_w(p))).sum(-1) + groups.expand(self.out_b(p)).squeeze(-1)
         if self.gate is None:
             return backbone_logit + logit
-        g = per_row(torch.sigmoid(self.gate(p))).squeeze(-1)
+        g = groups.expand(torch.sigmoid(self.gate(p))).squeeze(-1)
         return backbone_logit + g * logit
 
 

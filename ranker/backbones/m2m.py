@@ -4,13 +4,13 @@ generated from the scenario embedding (the "meta unit"), with residual connectio
 
 from __future__ import annotations
 
-from functools import partial
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ranker.backbones.base import Backbone, BackboneContext
-from ranker.layers import MLP, uniform_or_per_row
+from ranker.layers import MLP, ContextLayer, RowGroups
 
 N_EXPERTS = 4
 N_META_TOWER_LAYERS = 2
@@ -25,7 +25,6 @@ class M2M(Backbone):
         self.att_expert = nn.Linear(h, h)
         self.att_scen = nn.Linear(e, h)
         self.att_v = nn.Linear(h, 1, bias=False)
-        self.h = h
         # Meta unit: scenario embedding -> weights + bias of each tower layer.
         self.meta_w = nn.ModuleList(nn.Linear(e, h * h) for _ in range(N_META_TOWER_LAYERS))
         self.meta_b = nn.ModuleList(nn.Linear(e, h) for _ in range(N_META_TOWER_LAYERS))
@@ -40,23 +39,25 @@ class M2M(Backbone):
         experts = torch.stack([ex(x) for ex in self.experts], dim=1)  # [B, E, H]
         scores = self.att_v(torch.tanh(self.att_expert(experts) + self.att_scen(scen).unsqueeze(1)))
         h = (torch.softmax(scores, dim=1) * experts).sum(1)  # [B, H]
+        groups = RowGroups.build(self, (scen,), scenario)
+        ctx = groups.gather(scen)
         for gen_w, gen_b in zip(self.meta_w, self.meta_b, strict=True):
-            h = uniform_or_per_row(
-                self,
-                scen,
-                partial(self._tower_shared, gen_w, gen_b),
-                partial(self._tower, gen_w, gen_b),
-                (h, scen),
-            )
+            h = groups.run(MetaUnit(gen_w, gen_b), h, ctx)
         return self.out(h).squeeze(-1)
 
-    def _tower(self, gen_w: nn.Linear, gen_b: nn.Linear, h: torch.Tensor, scen: torch.Tensor) -> torch.Tensor:
-        w = gen_w(scen).view(-1, self.h, self.h)
-        return h + torch.relu(torch.bmm(h.unsqueeze(1), w).squeeze(1) + gen_b(scen))
 
-    def _tower_shared(
-        self, gen_w: nn.Linear, gen_b: nn.Linear, h: torch.Tensor, scen: torch.Tensor
-    ) -> torch.Tensor:
-        # One scenario embedding for all rows (a serving request): generate the layer once (row 0).
-        w = gen_w(scen[:1]).view(self.h, self.h)
-        return h + torch.relu(h @ w + gen_b(scen[:1]))
+@dataclass(eq=False)
+class MetaUnit(ContextLayer):
+    """One residual meta-tower layer, h + ReLU(h W(e) + b(e)), its weights generated from the
+    scenario embedding e (a view over M2M's `meta_w` / `meta_b` parameters)."""
+
+    gen_w: nn.Linear
+    gen_b: nn.Linear
+
+    def weights(self, scen: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h = self.gen_b.out_features
+        return self.gen_w(scen).view(-1, h, h), self.gen_b(scen)
+
+    def apply_weights(self, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        w, b = weights
+        return x + torch.relu(torch.bmm(x, w) + b.unsqueeze(1))

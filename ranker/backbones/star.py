@@ -9,10 +9,12 @@ import torch
 from torch import nn
 
 from ranker.backbones.base import Backbone, BackboneContext
-from ranker.layers import MLP, PartitionedNorm, gather_scenario, uniform_or_per_row
+from ranker.layers import MLP, ContextLayer, PartitionedNorm, RowGroups, gather_scenario
 
 
-class StarLinear(nn.Module):
+class StarLinear(ContextLayer, nn.Module):
+    """y = x (W_shared ⊙ W_s) + (b_shared + b_s); the context is the scenario index."""
+
     def __init__(self, n_scenarios: int, in_dim: int, out_dim: int):
         super().__init__()
         self.shared_w = nn.Parameter(torch.empty(in_dim, out_dim))
@@ -21,21 +23,25 @@ class StarLinear(nn.Module):
         self.scen_b = nn.Parameter(torch.zeros(n_scenarios, out_dim))
         nn.init.xavier_uniform_(self.shared_w)
 
-    def forward(self, x: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
-        return uniform_or_per_row(self, scenario, self._one_scenario, self._per_row, (x, scenario))
+    def forward(self, x: torch.Tensor, scenario: torch.Tensor, groups: RowGroups) -> torch.Tensor:
+        """x [B, in], scenario [n] one index per group of `groups` -> [B, out]."""
+        return groups.run(self, x, scenario)
 
-    def _per_row(self, x: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
-        # Every scenario's combined weights in ONE matmul [B, in] @ [in, S*out], then gather the row's.
-        s, i, o = self.scen_w.shape
-        w = (self.shared_w.unsqueeze(0) * self.scen_w).permute(1, 0, 2).reshape(i, s * o)
-        out = (x @ w).view(-1, s, o) + (self.shared_b + self.scen_b).unsqueeze(0)
-        return gather_scenario(out, scenario)
+    def weights(self, scenario: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        s = scenario.clamp(0, self.scen_w.shape[0] - 1)
+        return self.shared_w * self.scen_w.index_select(0, s), self.shared_b + self.scen_b.index_select(0, s)
 
-    def _one_scenario(self, x: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
-        # All rows in one scenario (a serving request): that scenario's weights only, 1/S of the work.
-        s0 = scenario[:1].clamp(0, self.scen_w.shape[0] - 1)
-        w = self.shared_w * self.scen_w.index_select(0, s0).squeeze(0)
-        return x @ w + (self.shared_b + self.scen_b.index_select(0, s0))
+    def apply_weights(self, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        w, b = weights
+        return torch.bmm(x, w) + b.unsqueeze(1)
+
+    def reference(self, x: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+        # Per-row weights would be [B, in, out]: every scenario's weights side by side as ONE group
+        # ([in, S*out], one matmul for all rows), then each row's scenario gathered.
+        w, b = self.weights(torch.arange(self.scen_w.shape[0], device=x.device))
+        s, i, o = w.shape
+        out = self.apply_weights(x.unsqueeze(0), w.permute(1, 0, 2).reshape(1, i, s * o), b.reshape(1, s * o))
+        return gather_scenario(out.view(-1, s, o), scenario)
 
 
 class Star(Backbone):
@@ -50,9 +56,11 @@ class Star(Backbone):
         self.aux = MLP(ctx.emb_dim, [max(8, ctx.emb_dim)], out_dim=1)
 
     def forward(self, emb: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+        groups = RowGroups.build(self, (scenario,), scenario)
+        ctx = groups.gather(scenario)
         h = self.norm(emb.flatten(1), scenario)
         for layer in self.layers:
-            h = self.dropout(torch.relu(layer(h, scenario)))
-        main = self.out(h, scenario).squeeze(-1)
+            h = self.dropout(torch.relu(layer(h, ctx, groups)))
+        main = self.out(h, ctx, groups).squeeze(-1)
         aux = self.aux(emb[:, self.ctx.scenario_field]).squeeze(-1)
         return main + aux

@@ -209,62 +209,57 @@ def _few_users_inputs(spec, batch: int, n_users: int, seed: int) -> dict[str, to
     return inp
 
 
-@pytest.mark.parametrize("backbone", ["shared_bottom", "star", "pepnet"])
-@pytest.mark.parametrize(("use_llm", "meta"), VARIANTS[1:2] + VARIANTS[3:], ids=["llm4msr", "full-gate"])
-def test_grouped_generation_is_the_per_row_function(spec, backbone, use_llm, meta, monkeypatch):
-    """Weights generated once per user / scenario give the same scores and gradients as per row."""
-    import ranker.meta
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize(
+    ("use_llm", "meta"), VARIANTS[:2] + VARIANTS[3:], ids=["plain", "llm4msr", "full-gate"]
+)
+@pytest.mark.parametrize("mode", ["auto", "first_row"])
+def test_inference_grouping_is_the_reference_function(spec, backbone, use_llm, meta, mode):
+    """Weights computed once per group of rows (eager: exact groups; export: row 0's group) give the
+    reference's scores and gradients, for every backbone; training always takes the reference."""
+    from ranker.layers import RowGroups, grouping
 
     torch.manual_seed(0)
     model = build_model(spec, _cfg(backbone, use_llm, **meta))
     _warm(model, spec)
     inp = _few_users_inputs(spec, 64, n_users=4, seed=3)
-    calls = []
-    real_row_groups = ranker.meta.row_groups
+    if mode == "first_row":  # a serving request: one user, one scenario, plus a few other rows
+        inp = {k: v.clone() for k, v in inp.items()}
+        same = torch.arange(64) < 56
+        for k in ("user_knowledge", "user_has_knowledge", "scenario_knowledge"):
+            inp[k][same] = inp[k][0].clone()
+        inp["sparse_ids"][same, spec.index_of("user_id")] = inp["sparse_ids"][
+            0, spec.index_of("user_id")
+        ].clone()
+        inp["sparse_ids"][same, spec.scenario_index] = inp["sparse_ids"][0, spec.scenario_index].clone()
+    built: list[bool] = []
+    real_build = RowGroups.build.__func__
 
-    def counting(*args):
-        out = real_row_groups(*args)
-        calls.append(out is not None)
+    def counting(cls, *args, **kwargs):
+        out = real_build(cls, *args, **kwargs)
+        built.append(not out.is_reference)
         return out
 
-    def run(train: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def run(train: bool, how: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
         model.train(train)
         model.zero_grad()
-        out = model.logit(**inp)
+        with grouping(how):
+            out = model.logit(**inp)
         out.pow(2).mean().backward()
         return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
-    monkeypatch.setattr(ranker.meta, "row_groups", counting)
-    run(True)
-    assert not calls, "training takes the per-row path"
-    grouped_out, grouped_grads = run(False)  # evaluation: grouped
-    assert calls and all(calls), "the grouped path should be taken for 4 users x 4 scenarios"
-    monkeypatch.setattr(ranker.meta, "row_groups", lambda *a: None)
-    per_row_out, per_row_grads = run(False)
-    torch.testing.assert_close(grouped_out, per_row_out, atol=1e-5, rtol=1e-5)
-    assert len(grouped_grads) == len(per_row_grads)
-    for a, b in zip(grouped_grads, per_row_grads, strict=True):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RowGroups, "build", classmethod(counting))
+        run(True, mode)
+        assert not any(built), "training takes the reference"
+        fast_out, fast_grads = run(False, mode)
+    if backbone in ("star", "m2m") or use_llm:
+        assert any(built), "a layer with context-dependent weights should group 4 users x 4 scenarios"
+    ref_out, ref_grads = run(False, "reference")
+    torch.testing.assert_close(fast_out, ref_out, atol=1e-5, rtol=1e-5)
+    assert len(fast_grads) == len(ref_grads)
+    for a, b in zip(fast_grads, ref_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-
-
-def test_row_groups_lay_rows_out_per_group_and_refuse_a_hint_that_does_not_determine_the_keys():
-    from ranker.layers import row_groups
-
-    hint = torch.tensor([2, 0, 2, 2, 0, 5, 2, 0] * 2)
-    key = torch.randn(6, 3)[hint]
-    groups = row_groups((key,), hint)
-    assert groups is not None and (groups.n, groups.m) == (3, 8)
-    torch.testing.assert_close(groups.expand(key[groups.rep]), key)
-    x = torch.randn(16, 4)
-    torch.testing.assert_close(groups.unpad(groups.pad(x)), x)  # a permutation into padded slots
-    padded = groups.pad(x)
-    assert int((padded.abs().sum(-1) > 0).sum()) == 16  # every row once, padding zero
-    for g in range(3):  # a group's rows sit side by side in its slab
-        rows = (groups.inverse == g).nonzero().squeeze(-1)
-        torch.testing.assert_close(padded[g, : len(rows)], x[rows])
-    key[5] += 1.0  # row 5 shares its hint with others but not its vector
-    assert row_groups((key,), hint) is None
-    assert row_groups((torch.randn(16, 3),), torch.arange(16)) is None  # all distinct: per row
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
