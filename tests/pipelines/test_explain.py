@@ -193,3 +193,14 @@ def test_unknown_ids_are_one_line_errors(built: Built, capsys) -> None:
     assert main(["explain", "--user", _some_user(built), "--scenario", "no-such-scenario", *sets]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "'no-such-scenario'" in err and "unknown scenario" in err
+
+
+def test_explicit_model_and_a_snapshot_of_another_family(built: Built, tmp_path: Path) -> None:
+    from pipelines.explain import ExplainError
+    from tests.ranker.helpers import make_snapshot
+
+    r = _explain(built, user_id=_some_user(built), scenario_id=_scenario(built), model_dir=built.model_dir)
+    assert r.model_id is None and Path(r.model_dir) == built.model_dir
+    other = make_snapshot(tmp_path / "other", built.data_dir, dim=64)  # same width, random vectors
+    with pytest.raises(ExplainError, match="family"):
+        _explain(built, user_id=_some_user(built), scenario_id=_scenario(built), knowledge=other)
