@@ -32,17 +32,9 @@ METRICS = (("AUC", "auc"), ("gAUC", "gauc"), ("NDCG@10", "ndcg@10"))
 
 def demo_overrides(workdir: Path) -> list[str]:
     """Point every artifact path of the default config into `workdir`; train both variants."""
-    w = workdir.resolve()
-    return [
-        f"data.out={w / 'data'}",
-        f"knowledge.snapshot_root={w / 'knowledge'}",
-        f"store.url={w / 'online_store'}",
-        f"train.runs_dir={w / 'runs'}",
-        "train.select=auto",
-        f"pipelines.work_dir={w / 'pipelines'}",
-        f"pipelines.results_dir={w / 'pipelines' / 'prefect-results'}",
-        f"pipelines.registry_dir={w / 'models' / 'registry'}",
-    ]
+    from pipelines.api import workdir_overrides
+
+    return [*workdir_overrides(workdir), "train.select=auto"]
 
 
 @dataclass
