@@ -35,7 +35,7 @@ class VersionPointer(ABC):
     error: type[Exception] = ValueError
 
     @abstractmethod
-    def describe(self) -> str:
+    def pointer_label(self) -> str:
         """Name used in messages, e.g. "offline store ROOT"."""
 
     @abstractmethod
@@ -63,7 +63,7 @@ class VersionPointer(ABC):
             return
         hist = [h for h in self.history() + ([previous] if previous else []) if h != version]
         self._write_pointers(version, hist, previous)
-        log.info("%s: current %s -> %s", self.describe(), previous, version)
+        log.info("%s: current %s -> %s", self.pointer_label(), previous, version)
 
     def rollback(self) -> str:
         """Make the previously current version current again; returns its id."""
@@ -73,9 +73,9 @@ class VersionPointer(ABC):
             candidate = hist.pop()
             if candidate != current and self.is_complete(candidate):
                 self._write_pointers(candidate, hist, current)
-                log.info("%s: rolled back %s -> %s", self.describe(), current, candidate)
+                log.info("%s: rolled back %s -> %s", self.pointer_label(), current, candidate)
                 return candidate
-        raise self.error(f"{self.describe()}: no previous version to roll back to")
+        raise self.error(f"{self.pointer_label()}: no previous version to roll back to")
 
 
 class VersionedFolders(VersionPointer):
@@ -127,7 +127,7 @@ class VersionedFolders(VersionPointer):
         return [check_id(x, self.id_label, hist, self.error) for x in ids]
 
     # ---- switching (VersionPointer)
-    def describe(self) -> str:
+    def pointer_label(self) -> str:
         return f"{self.kind} {self.root}"
 
     def check_switchable(self, version: str) -> None:

@@ -549,7 +549,7 @@ class OnlineStore(VersionPointer, ABC):
         return {"counts": dict(info.counts), "checksums_verified": checked}
 
     # ------------------------------------------------------------------ pointer (VersionPointer)
-    def describe(self) -> str:
+    def pointer_label(self) -> str:
         return f"online store {self.redacted_url}"
 
     def is_complete(self, version: str) -> bool:
