@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.cli import add_config_args
+from pipelines.commands.common import config_parent
 
 HEADER = """\
 # LLM4MSR default configuration: runs on one machine (2 cores) with the embedded defaults:
@@ -25,10 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
     show = csub.add_parser(
         "show",
+        parents=[config_parent()],
         help="print the resolved configuration as YAML",
         description="Print defaults <- --config FILE <- --set overrides, validated, as YAML.",
     )
-    add_config_args(show)
     show.add_argument(
         "--defaults", action="store_true", help="print the defaults with the documentation header"
     )

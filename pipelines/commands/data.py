@@ -6,10 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from llm4msr.errors import MissingInputError
-from pipelines.cli import UserError, add_config_args
-
-DATASETS = ("synthetic", "movielens", "amazon", "kuaisar", "douban")
+from llm4msr.errors import MissingInputError, UserError
+from pipelines.commands.common import choices, config_parent, data_parent, dataset_parent, out_parent
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,6 +25,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     build = sub.add_parser(
         "build",
+        parents=[
+            config_parent(),
+            dataset_parent(
+                help="source adapter (default: detected from the files at --path when one is given, else "
+                "data.dataset from the config, i.e. synthetic)"
+            ),
+            out_parent(help="output folder (default: data.out from the config)"),
+        ],
         help="build a canonical dataset folder and print its summary",
         description=(
             "Build a canonical dataset and write it atomically to --out (nothing appears there if the "
@@ -38,26 +44,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     build.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        help="source adapter (default: detected from the files at --path when one is given, else "
-        "data.dataset from the config, i.e. synthetic)",
-    )
-    build.add_argument(
         "--path",
         metavar="P",
         help="source folder or file (data.path); without --dataset the adapter is detected from its files",
     )
-    build.add_argument("--out", metavar="DIR", help="output folder (default: data.out from the config)")
-    add_config_args(build)
     build.set_defaults(handler=_build)
 
     summary = sub.add_parser(
         "summary",
+        parents=[config_parent(), data_parent()],
         help="print the summary of a built dataset",
         description="Print the summary (rows, users, items, positives per scenario and split) of a built dataset.",
     )
-    summary.add_argument("dir", metavar="DIR", help="a folder written by `llm4msr data build`")
+    summary.add_argument("dir", nargs="?", help=argparse.SUPPRESS)  # old spelling of --data
     summary.set_defaults(handler=_summary)
     parser.set_defaults(handler=lambda _args: (parser.print_help(), 2)[1])
 
@@ -93,7 +92,7 @@ def _detect(path: str) -> str:
     from feature_store.adapters import detect_datasets
 
     found = detect_datasets(path)
-    others = "|".join(d for d in DATASETS if d != "synthetic")
+    others = "|".join(d for d in choices("data", "dataset") if d != "synthetic")
     if not found:
         raise UserError(
             f"--path {path}: no known source layout there (MovieLens u.data / *.inter / ratings.dat, Amazon "
@@ -109,8 +108,9 @@ def _detect(path: str) -> str:
 def _summary(args: argparse.Namespace) -> int:
     from feature_store.dataset import format_summary
     from feature_store.schema import MANIFEST_FILE, SUMMARY_FILE
+    from llm4msr.config import load_config
 
-    folder = Path(args.dir)
+    folder = Path(args.data or args.dir or load_config(args.config, args.overrides).data.out)
     if not folder.is_dir():
         raise MissingInputError(f"dataset folder {folder} does not exist")
     path = folder / SUMMARY_FILE

@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.cli import UserError, add_config_args
+from pipelines.commands.common import (
+    choices,
+    config_parent,
+    data_parent,
+    deprecated_alias,
+    out_parent,
+    run_parent,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
+        parents=[
+            config_parent(),
+            run_parent(),
+            out_parent(metavar="MODEL_DIR", required=True, help="where to write the model directory"),
+            data_parent(
+                help="canonical dataset the run was trained on (default: the one recorded in the run)"
+            ),
+        ],
         help="export a trained ranker to ONNX (+ manifest, vocabularies, lookup tables)",
         description=(
             "Export the model of a training run to a single ONNX file with its weights inside, using the "
@@ -24,15 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "serving uses. Optional float16/int8 variants record their size and AUC change on the validation split."
         ),
     )
-    p.add_argument(
-        "--run", required=True, metavar="RUN_DIR", help="training run directory (from `llm4msr train`)"
-    )
-    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="where to write the model directory")
-    p.add_argument(
-        "--dataset",
-        metavar="DIR",
-        help="canonical dataset the run was trained on (default: the one recorded in the run)",
-    )
+    deprecated_alias(p, "--dataset", "--data", "data")
     p.add_argument(
         "--variants",
         metavar="LIST",
@@ -40,17 +47,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--exporter",
-        choices=["auto", "dynamo", "legacy"],
+        choices=choices("export", "exporter"),
         help="auto (default): dynamo, falling back to legacy",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing MODEL_DIR (atomically)")
-    add_config_args(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from llm4msr.config import load_config
-    from ranker.export import ParityError, export_run
+    from ranker.export import export_run
 
     overrides = list(args.overrides)
     if args.variants is not None:
@@ -59,11 +65,6 @@ def run(args: argparse.Namespace) -> int:
     if args.exporter:
         overrides.append(f"export.exporter={args.exporter}")
     cfg = load_config(args.config, overrides)
-    try:
-        report = export_run(
-            args.run, args.out, cfg.export, dataset_dir=args.dataset, overwrite=args.overwrite
-        )
-    except ParityError as exc:
-        raise UserError(str(exc)) from exc
+    report = export_run(args.run, args.out, cfg.export, dataset_dir=args.data, overwrite=args.overwrite)
     print(report.summary())
     return 0

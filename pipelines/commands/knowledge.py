@@ -4,7 +4,24 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.cli import UserError, add_config_args
+from llm4msr.errors import UserError
+from pipelines.commands.common import (
+    choices,
+    config_parent,
+    data_parent,
+    deprecated_alias,
+    knowledge_parent,
+)
+
+LLM_HELP = (
+    "LLM: 'minilm' (packaged all-MiniLM-L6-v2), 'smollm2', or a model folder (default: knowledge.model)"
+)
+
+
+def _llm_option(parser: argparse.ArgumentParser, help: str = LLM_HELP) -> None:
+    # --llm, not --model: elsewhere (serve, explain) --model is an exported ranker folder.
+    parser.add_argument("--llm", metavar="NAME_OR_DIR", help=help)
+    deprecated_alias(parser, "--model", "--llm", "llm")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     b = ksub.add_parser(
         "build",
+        parents=[
+            config_parent(),
+            data_parent(required=True),
+            knowledge_parent(help="snapshot root to publish into (default: knowledge.snapshot_root)"),
+        ],
         help="build a snapshot (incremental and resumable) and make it current",
         description=(
             "Render every prompt, carry over vectors whose prompt hash, model and template version are "
@@ -31,35 +53,27 @@ def register(sub: argparse._SubParsersAction) -> None:
             "encoded and carried. Nothing becomes current unless the whole build succeeded."
         ),
     )
+    deprecated_alias(b, "--out", "--knowledge", "knowledge")
     b.add_argument(
-        "--data", required=True, metavar="DATA_DIR", help="canonical dataset folder (llm4msr data build)"
+        "--backend", choices=choices("knowledge", "backend"), help="LLM backend (default: knowledge.backend)"
     )
-    b.add_argument("--out", metavar="SNAPSHOT_ROOT", help="snapshot root (default: knowledge.snapshot_root)")
-    b.add_argument(
-        "--backend", choices=["vllm", "transformers"], help="LLM backend (default: knowledge.backend)"
-    )
-    b.add_argument(
-        "--model", metavar="PATH_OR_NAME", help="'minilm' (packaged all-MiniLM-L6-v2) or a model folder"
-    )
+    _llm_option(b)
     b.add_argument(
         "--full",
         action="store_true",
         help="re-encode everything and allow a new dimension/model (starts a new knowledge family)",
     )
-    add_config_args(b)
     b.set_defaults(handler=_build)
 
     s = ksub.add_parser(
         "show",
+        parents=[config_parent(), knowledge_parent()],
         help="show one user's (or scenario's) prompt, answer, vector norm and nearest neighbours",
         description=(
             "Read a snapshot (a snapshot folder, or a snapshot root whose CURRENT version is used) and "
             "print the entity's prompt, the generated answer if the snapshot was built in two-pass mode, "
             "the vector norm and the nearest entities of the same kind by cosine similarity (faiss)."
         ),
-    )
-    s.add_argument(
-        "--snapshot", required=True, metavar="DIR_OR_ROOT", help="snapshot folder or snapshot root"
     )
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--user", metavar="ID", help="user id")
@@ -69,6 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     r = ksub.add_parser(
         "prompts",
+        parents=[config_parent(), data_parent(required=True)],
         help="render prompts only (no LLM), to review templates and the length rule",
         description=(
             "Render the scenario prompts and/or one user's prompt exactly as `build` would (same "
@@ -76,14 +91,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             "loading the LLM."
         ),
     )
-    r.add_argument("--data", required=True, metavar="DATA_DIR", help="canonical dataset folder")
     r.add_argument("--user", metavar="ID", help="user id (default: the scenario prompts)")
-    r.add_argument("--model", metavar="PATH_OR_NAME", help="model whose tokenizer measures the budget")
-    add_config_args(r)
+    _llm_option(r, "LLM whose tokenizer measures the budget (default: knowledge.model)")
     r.set_defaults(handler=_prompts)
 
     m = ksub.add_parser(
         "prepare-model",
+        parents=[config_parent()],
         help="convert a packaged model (smollm2) once into a local folder vLLM can load",
         description=(
             "Offline, once per machine: find the model file pinned in the model registry inside its "
@@ -97,7 +111,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument(
         "--cache-dir", metavar="DIR", help="where to prepare it (default: knowledge.model_cache_dir)"
     )
-    add_config_args(m)
     m.set_defaults(handler=_prepare_model)
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 
@@ -109,8 +122,8 @@ def _cfg(args: argparse.Namespace):
     updates = {}
     if getattr(args, "backend", None):
         updates["backend"] = args.backend
-    if getattr(args, "model", None):
-        updates["model"] = args.model
+    if getattr(args, "llm", None):
+        updates["model"] = args.llm
     return cfg.model_copy(update=updates)
 
 
@@ -118,7 +131,7 @@ def _build(args: argparse.Namespace) -> int:
     from knowledge_service.runner import build_knowledge
 
     cfg = _cfg(args)
-    report = build_knowledge(args.data, args.out or cfg.snapshot_root, cfg, full=args.full)
+    report = build_knowledge(args.data, args.knowledge or cfg.snapshot_root, cfg, full=args.full)
     print(report)
     return 0
 
@@ -149,9 +162,9 @@ def _show(args: argparse.Namespace) -> int:
     from feature_store.offline_store import OfflineStore
     from knowledge_service.runner import PROMPTS_FILE
 
-    folder = Path(args.snapshot)
+    folder = Path(args.knowledge or _cfg(args).snapshot_root)
     if not folder.exists():
-        raise UserError(f"snapshot {folder} does not exist")
+        raise UserError(f"knowledge snapshot {folder} does not exist (--knowledge DIR)")
     if not (folder / "manifest.json").is_file() and (folder / "CURRENT").is_file():
         folder = OfflineStore(folder).current_path()
     snap = load_snapshot(folder)

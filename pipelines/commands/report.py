@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.cli import UserError
+from llm4msr.errors import UserError
+from pipelines.commands.common import out_parent
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
+        parents=[out_parent(required=True, help="output folder for report.md and the plot")],
         help="Markdown table + PNG plot comparing training runs (mean ± std over seeds)",
         description=(
             "Read run directories (or folders containing them, e.g. the seed_N folders of `train --seeds`), "
@@ -19,7 +21,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories or folders containing them")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder for report.md and the plot")
     p.add_argument("--title", default="LLM4MSR training report", help="report title")
     p.set_defaults(handler=_report)
 

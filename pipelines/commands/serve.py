@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipelines.cli import UserError, add_config_args
+from pipelines.commands.common import choices, config_parent, store_parent
 
 log = logging.getLogger(__name__)
 
@@ -13,6 +13,7 @@ log = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve",
+        parents=[config_parent(), store_parent()],
         help="serve an exported model over HTTP (POST /score, /healthz, /readyz, /metrics)",
         description=(
             "Load an exported model directory (`llm4msr export`), connect to the online store and serve "
@@ -28,15 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--model", required=True, metavar="MODEL_DIR", help="exported model directory")
-    p.add_argument(
-        "--store",
-        metavar="URL",
-        help="online store: a local path or redis://host:port/db (default: store.url)",
-    )
     p.add_argument("--port", type=int, help="TCP port (default: serve.port, 8080)")
     p.add_argument("--host", help="bind address (default: serve.host, 127.0.0.1)")
-    p.add_argument("--variant", choices=["float32", "float16", "int8"], help="which exported file to serve")
-    add_config_args(p)
+    p.add_argument("--variant", choices=choices("serve", "variant"), help="which exported file to serve")
     p.set_defaults(handler=run)
 
 
@@ -52,17 +47,17 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from feature_store.online import open_store
-    from ranker.serving.artifact import ModelLoadError
     from ranker.serving.http import body_limit, create_app, token_from_env
-    from ranker.serving.runtime import KnowledgeMismatchError, Ranker
+    from ranker.serving.runtime import Ranker
 
     # Everything that can fail is loaded before the socket is bound: no half-started server.
+    # A bad model or a store of other knowledge raises a UserError (ModelLoadError, KnowledgeMismatchError).
     store = open_store(args.store or cfg.store.url, cfg.store)
     try:
         ranker = Ranker(args.model, store, cfg.serve)
-    except (ModelLoadError, KnowledgeMismatchError) as exc:
+    except BaseException:
         store.close()
-        raise UserError(str(exc)) from exc
+        raise
     token = token_from_env(cfg.serve.token_env)
     app = create_app(ranker, token=token)
     log.info(

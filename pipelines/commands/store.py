@@ -1,10 +1,10 @@
 """`llm4msr store`: publish knowledge snapshots to the online store and manage versions.
 
-llm4msr store materialize --snapshot DIR [--store URL]   snapshot (or offline root) -> online store
+llm4msr store materialize [--knowledge DIR] [--store URL] snapshot (or offline root) -> online store
 llm4msr store status [--store URL]                       current version, counts, age, memory
 llm4msr store rollback [--store URL]                     previous online version becomes current
 llm4msr store gc [--store URL] [--writing] [--dry-run]   remove incomplete (orphaned) versions
-llm4msr store snapshots [--root ROOT] [--rollback]       offline snapshot versions
+llm4msr store snapshots [--knowledge DIR] [--rollback]   offline snapshot versions
 """
 
 from __future__ import annotations
@@ -15,12 +15,8 @@ import json
 import sys
 from typing import Any
 
-from pipelines.cli import UserError, add_config_args
-
-STORE_HELP = (
-    "online store: a local folder (embedded store, default store.url) or redis://[:password@]host:port/db "
-    "(rediss:// for TLS; password also from the env var named by store.password_env)"
-)
+from llm4msr.errors import UserError
+from pipelines.commands.common import config_parent, json_parent, knowledge_parent, store_parent
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     m = ssub.add_parser(
         "materialize",
+        parents=[
+            config_parent(),
+            knowledge_parent(
+                help="knowledge snapshot root (its CURRENT version is used) or one snapshot folder "
+                "(default: knowledge.snapshot_root)"
+            ),
+            store_parent(),
+            json_parent("the report"),
+        ],
         help="write a snapshot into the online store and make it current",
         description=(
             "Write every vector of a knowledge snapshot into the online store as version <snapshot id>, "
@@ -46,40 +51,29 @@ def register(sub: argparse._SubParsersAction) -> None:
             "previous version stays current."
         ),
     )
-    m.add_argument(
-        "--snapshot",
-        required=True,
-        metavar="DIR",
-        help="a snapshot folder, or an offline-store root (its current version is used)",
-    )
-    m.add_argument("--store", metavar="URL", help=STORE_HELP)
-    m.add_argument("--json", action="store_true", help="print the report as JSON")
-    add_config_args(m)
     m.set_defaults(handler=_materialize)
 
     s = ssub.add_parser(
         "status",
+        parents=[config_parent(), store_parent(), json_parent("the status")],
         help="current version, counts, age, memory, history",
         description="Show the online store's current version (family, dimension, dtype, "
         "counts, age), the versions it holds, the rollback history and memory/disk use.",
     )
-    s.add_argument("--store", metavar="URL", help=STORE_HELP)
-    s.add_argument("--json", action="store_true", help="print the status as JSON")
-    add_config_args(s)
     s.set_defaults(handler=_status)
 
     r = ssub.add_parser(
         "rollback",
+        parents=[config_parent(), store_parent()],
         help="make the previous online version current again",
         description="Switch the online store's pointer back to the previously current version "
         "(possible while it is kept: store.old_version_ttl_seconds after it was replaced).",
     )
-    r.add_argument("--store", metavar="URL", help=STORE_HELP)
-    add_config_args(r)
     r.set_defaults(handler=_rollback)
 
     g = ssub.add_parser(
         "gc",
+        parents=[config_parent(), store_parent(), json_parent("what was removed")],
         help="remove incomplete versions (orphaned values without metadata, partial writes)",
         description="Remove the online store's incomplete versions other than the current one: values "
         "whose version metadata is missing or damaged (left by a Redis server that restarted without "
@@ -87,25 +81,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         "writes that a re-run of the same materialization would resume. `store status` lists them "
         "with their size.",
     )
-    g.add_argument("--store", metavar="URL", help=STORE_HELP)
     g.add_argument("--writing", action="store_true", help="also remove partial writes (status writing)")
     g.add_argument("--dry-run", action="store_true", help="only list what would be removed")
-    g.add_argument("--json", action="store_true", help="print what was removed as JSON")
-    add_config_args(g)
     g.set_defaults(handler=_gc)
 
     o = ssub.add_parser(
         "snapshots",
+        parents=[
+            config_parent(),
+            knowledge_parent(help="knowledge snapshot root (default: knowledge.snapshot_root)"),
+            json_parent("the listing"),
+        ],
         help="list offline snapshot versions; roll back or prune them",
         description="List the versions of the offline store (knowledge snapshots) and which is "
         "current. --rollback makes the previously current one current again; --retain deletes "
         "all but the newest store.keep_versions versions (never the current one).",
     )
-    o.add_argument("--root", metavar="ROOT", help="offline store root (default: knowledge.snapshot_root)")
     o.add_argument("--rollback", action="store_true", help="make the previous snapshot current")
     o.add_argument("--retain", action="store_true", help="delete versions beyond store.keep_versions")
-    o.add_argument("--json", action="store_true", help="print as JSON")
-    add_config_args(o)
     o.set_defaults(handler=_snapshots)
     p.set_defaults(handler=lambda _args: (p.print_help(), 2)[1])
 
@@ -126,9 +119,10 @@ def _materialize(args: argparse.Namespace) -> int:
     from feature_store.materialize import materialize
     from feature_store.online import StoreError
 
-    cfg = _settings(args).store
+    settings = _settings(args)
+    cfg = settings.store
     try:
-        report = materialize(args.snapshot, args.store or cfg.url, cfg)
+        report = materialize(args.knowledge or settings.knowledge.snapshot_root, args.store or cfg.url, cfg)
     except StoreError as exc:
         return _fail(args, exc)
     if args.json:
@@ -240,7 +234,7 @@ def _snapshots(args: argparse.Namespace) -> int:
     from feature_store.offline_store import OfflineStore
 
     settings = _settings(args)
-    root = args.root or settings.knowledge.snapshot_root
+    root = args.knowledge or settings.knowledge.snapshot_root
     store = OfflineStore(root)
     if not store.root.is_dir():
         raise UserError(f"offline store root {root} does not exist")

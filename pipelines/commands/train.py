@@ -6,7 +6,15 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipelines.cli import UserError, add_config_args
+from llm4msr.errors import UserError
+from pipelines.commands.common import (
+    backbone_parent,
+    choices,
+    config_parent,
+    data_parent,
+    knowledge_parent,
+    out_parent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -14,6 +22,13 @@ log = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
+        parents=[
+            config_parent(),
+            data_parent(),
+            knowledge_parent(),
+            backbone_parent(),
+            out_parent(metavar="RUN_DIR", required=True, help="run directory to create"),
+        ],
         help="train a ranker (backbone + LLM4MSR meta networks) into a run directory",
         description=(
             "Train one multi-scenario ranker on a canonical dataset and write a run directory: "
@@ -22,19 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
             "and predictions.parquet. Adam with the configured LR schedule, early stopping on validation "
             "AUC, seeded. With train.lr_sweep set, trains once per LR and keeps the best on validation."
         ),
-    )
-    add_config_args(p)
-    p.add_argument("--data", metavar="DIR", help="canonical dataset folder (default: data.out)")
-    p.add_argument(
-        "--knowledge",
-        metavar="SNAPSHOT_DIR_OR_ROOT",
-        help="knowledge snapshot folder, or an offline store root whose CURRENT version is used "
-        "(default: knowledge.snapshot_root)",
-    )
-    p.add_argument(
-        "--backbone",
-        choices=["shared_bottom", "mmoe", "ple", "star", "pepnet", "m2m"],
-        help="backbone (default: train.backbone)",
     )
     p.add_argument(
         "--no-llm", action="store_true", help="train the plain backbone (no knowledge, no meta networks)"
@@ -47,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--select",
-        choices=["fixed", "auto"],
+        choices=choices("train", "select"),
         help="auto: also train the plain backbone into RUN_DIR/plain (+LLM4MSR into RUN_DIR/llm4msr) and "
         "keep +LLM4MSR only if it beats plain on validation by more than train.select_min_z standard "
         "errors; the decision goes to RUN_DIR/selection.json (default: train.select)",
@@ -59,7 +61,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "`torchrun --nproc-per-node N -m pipelines.cli train --distributed ...` (docs/ranker.md)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create")
     p.set_defaults(handler=_train)
 
 

@@ -51,7 +51,7 @@ def test_cli_build_and_summary(tmp_path, capsys):
         "kitchen",
         "outdoors",
     }
-    assert main(["data", "summary", str(out)]) == 0
+    assert main(["data", "summary", "--data", str(out)]) == 0
     assert "rows=2,000" in capsys.readouterr().out
     assert pl.read_parquet(out / "interactions.parquet").height == 2000
 
@@ -77,7 +77,7 @@ def test_cli_errors_exit_nonzero_and_write_nothing(tmp_path, capsys):
     assert "missing" in err and "does not exist" in err
     assert main(["data", "build", "--out", str(out), "--set", "data.synthetic.n_userz=3"]) == 2
     assert "n_userz" in capsys.readouterr().err
-    assert main(["data", "summary", str(tmp_path / "nope")]) == 2
+    assert main(["data", "summary", "--data", str(tmp_path / "nope")]) == 2
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == []  # no temp folders left behind
 

@@ -105,5 +105,5 @@ def test_cli_prompts_renders_without_llm(tiny_dataset_dir, capsys):
     assert "no training history: no prompt, no vector" in capsys.readouterr().out
     assert main(["knowledge", "prompts", "--data", str(tiny_dataset_dir), "--user", "nobody"]) == 2
     assert "user 'nobody' is not in" in capsys.readouterr().err
-    assert main(["knowledge", "prompts", "--data", str(tiny_dataset_dir), "--model", "/no/such"]) == 2
+    assert main(["knowledge", "prompts", "--data", str(tiny_dataset_dir), "--llm", "/no/such"]) == 2
     assert "folder /no/such does not exist" in capsys.readouterr().err

@@ -90,7 +90,7 @@ def test_cli_build_and_show_synthetic(small_dataset_dir: Path, tmp_path: Path, c
             "build",
             "--data",
             str(small_dataset_dir),
-            "--out",
+            "--knowledge",
             str(root),
             "--set",
             f"knowledge.vllm_kv_cache_gib={KV_GIB}",
@@ -108,11 +108,11 @@ def test_cli_build_and_show_synthetic(small_dataset_dir: Path, tmp_path: Path, c
     assert set(snap.vectors_of("user")[0]) == users_with_train
     assert snap.manifest["backend"] == "vllm" and snap.manifest["model_id"].startswith("all-MiniLM-L6-v2@")
     uid = sorted(users_with_train)[0]
-    assert cli_main(["knowledge", "show", "--snapshot", str(root), "--user", uid, "-k", "3"]) == 0
+    assert cli_main(["knowledge", "show", "--knowledge", str(root), "--user", uid, "-k", "3"]) == 0
     shown = capsys.readouterr().out
     assert f"user {uid}" in shown and "vector norm" in shown and "nearest users by cosine" in shown
     assert "Question: what are this user's interests" in shown
-    assert cli_main(["knowledge", "show", "--snapshot", str(tmp_path), "--user", uid]) == 2
+    assert cli_main(["knowledge", "show", "--knowledge", str(tmp_path), "--user", uid]) == 2
     assert "is not a knowledge snapshot" in capsys.readouterr().err
 
 
@@ -130,7 +130,7 @@ def test_cli_build_movielens_100k(tmp_path: Path, capsys: pytest.CaptureFixture)
                 "build",
                 "--data",
                 str(data),
-                "--out",
+                "--knowledge",
                 str(root),
                 "--set",
                 f"knowledge.vllm_kv_cache_gib={KV_GIB}",

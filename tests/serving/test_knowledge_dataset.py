@@ -36,7 +36,7 @@ def test_manifest_records_the_knowledge_dataset(trained) -> None:  # noqa: ANN00
 def test_export_refuses_another_dataset_naming_both_ids(trained, tmp_path: Path, capsys) -> None:  # noqa: ANN001
     other, _ = make_dataset(tmp_path / "other", seed=1)  # same ids and scenarios, other rows
     out = tmp_path / "model"
-    assert main(["export", "--run", str(trained.run_dir), "--dataset", str(other), "--out", str(out)]) == 2
+    assert main(["export", "--run", str(trained.run_dir), "--data", str(other), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert load_dataset(other).version() in err and load_dataset(trained.data_dir).version() in err
     assert not out.exists()

@@ -21,7 +21,7 @@ LLM4MSR = str(Path(sys.executable).parent / "llm4msr")
 
 def _materialize_cli(snapshot: Path, store: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [LLM4MSR, "store", "materialize", "--snapshot", str(snapshot), "--store", store],
+        [LLM4MSR, "store", "materialize", "--knowledge", str(snapshot), "--store", store],
         capture_output=True,
         text=True,
         timeout=120,

@@ -21,7 +21,7 @@ def test_cli_materialize_status_rollback(
 ) -> None:
     root = tmp_path / "offline"
     write_snapshot(root, make_rows(12, seed=1), "v1")
-    assert main(["store", "materialize", "--snapshot", str(root), "--store", store_url]) == 0
+    assert main(["store", "materialize", "--knowledge", str(root), "--store", store_url]) == 0
     assert "as version v1" in capsys.readouterr().out
     write_snapshot(root, make_rows(12, seed=2), "v2")
     assert (
@@ -29,7 +29,7 @@ def test_cli_materialize_status_rollback(
             [
                 "store",
                 "materialize",
-                "--snapshot",
+                "--knowledge",
                 str(root / "versions" / "v2"),
                 "--store",
                 store_url,
@@ -40,7 +40,7 @@ def test_cli_materialize_status_rollback(
     )
     report = json.loads(capsys.readouterr().out)
     assert report["version"] == "v2" and report["previous"] == "v1" and report["keys_written"] == 15
-    assert main(["store", "materialize", "--snapshot", str(root), "--store", store_url]) == 0
+    assert main(["store", "materialize", "--knowledge", str(root), "--store", store_url]) == 0
     assert "already current" in capsys.readouterr().out
     assert main(["store", "status", "--store", store_url, "--json"]) == 0
     st = json.loads(capsys.readouterr().out)
@@ -57,13 +57,13 @@ def test_cli_materialize_status_rollback(
 
 def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert (
-        main(["store", "materialize", "--snapshot", str(tmp_path / "nope"), "--store", str(tmp_path / "s")])
+        main(["store", "materialize", "--knowledge", str(tmp_path / "nope"), "--store", str(tmp_path / "s")])
         == 2
     )
     assert "neither a knowledge snapshot" in capsys.readouterr().err
     assert main(["store", "status", "--store", "ftp://x"]) == 2
     assert "unknown scheme" in capsys.readouterr().err
-    assert main(["store", "snapshots", "--root", str(tmp_path / "missing")]) == 2
+    assert main(["store", "snapshots", "--knowledge", str(tmp_path / "missing")]) == 2
 
 
 def test_cli_redis_down_exit_code(redis_server, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:  # noqa: ANN001
@@ -75,7 +75,7 @@ def test_cli_redis_down_exit_code(redis_server, tmp_path: Path, capsys: pytest.C
             [
                 "store",
                 "materialize",
-                "--snapshot",
+                "--knowledge",
                 str(root),
                 "--store",
                 redis_server.url,
@@ -95,14 +95,14 @@ def test_offline_snapshots_publish_retain_rollback(tmp_path: Path, capsys: pytes
         time.sleep(0.01)
     store = OfflineStore(root)
     assert store.current_id() == "v3" and store.history() == ["v0", "v1", "v2"]
-    assert main(["store", "snapshots", "--root", str(root), "--json"]) == 0
+    assert main(["store", "snapshots", "--knowledge", str(root), "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
     assert listing["current"] == "v3" and [v["id"] for v in listing["versions"]] == ["v0", "v1", "v2", "v3"]
     assert listing["versions"][0]["counts"] == {"scenario": 3, "user": 6}
-    assert main(["store", "snapshots", "--root", str(root), "--rollback"]) == 0
+    assert main(["store", "snapshots", "--knowledge", str(root), "--rollback"]) == 0
     assert "v3 -> v2" in capsys.readouterr().out and store.current_id() == "v2"
     assert (
-        main(["store", "snapshots", "--root", str(root), "--retain", "--set", "store.keep_versions=2"]) == 0
+        main(["store", "snapshots", "--knowledge", str(root), "--retain", "--set", "store.keep_versions=2"]) == 0
     )
     assert store.list_versions() == ["v2", "v3"]  # newest two kept; the current one never deleted
     with pytest.raises(SnapshotError, match="no previous version"):
