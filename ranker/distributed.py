@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 import types
 from datetime import timedelta
@@ -239,6 +240,12 @@ def _synced_partitioned_norm(self: PartitionedNorm, x: torch.Tensor, scenario: t
     return normed * gamma + beta
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise DistributedError(
+        f"rank {os.environ.get('RANK', '?')}: stopped by signal {signum} (another rank failed or the job was stopped)"
+    )
+
+
 def init_from_env(backend: str | None = None) -> DistributedReplicas:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
     NCCL with one GPU per local rank when CUDA is available, else gloo on CPU."""
@@ -259,8 +266,11 @@ def init_from_env(backend: str | None = None) -> DistributedReplicas:
         device = torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=timedelta(minutes=30))
-    if rank != 0:  # only rank 0 logs (warnings and errors still show)
-        logging.getLogger().setLevel(logging.WARNING)
+    # torchrun stops the other workers with SIGTERM when one fails: raise, so that the temporary
+    # run directory is removed on the way out (Python's default SIGTERM exits without cleanup).
+    signal.signal(signal.SIGTERM, _terminated)
+    if rank != 0:  # only rank 0 logs; other ranks still report errors
+        logging.disable(logging.WARNING)
     return DistributedReplicas(rank, world, device, backend)
 
 
@@ -411,7 +421,6 @@ def _train(
         ]
         frame = read_train_shard(path, lo, hi)
         enc = encode(frame, ds, spec, kt, f"{path} rows {lo}:{hi}")
-        log.info("rank %d: file rows %d:%d, %d training rows", rep.rank, lo, hi, len(enc))
         error = None
     except Exception as exc:  # noqa: BLE001
         error = exc
@@ -428,7 +437,13 @@ def _train(
     if ev is not None:
         ev.rows = {"train": n_train, **{s: len(e) for s, e in ev.enc.items()}}
         ev.fallback = _fallback(ev, kt, scan, no_knowledge, n_train) if kt is not None else None
-    log.info("distributed training: %d ranks (%s), %d training rows", rep.world_size, rep.backend, n_train)
+    log.info(
+        "distributed training: %d ranks (%s), %d training rows, per rank %s",
+        rep.world_size,
+        rep.backend,
+        n_train,
+        counts,
+    )
     result = train_and_write(settings, spec, kin, rows, ev, out, overwrite, t_start, rep)
     dist.barrier()  # the job ends when rank 0 has published the run directory
     return result
