@@ -13,6 +13,9 @@ Run directory (contract 4), built in a temporary sibling folder and renamed when
     predictions.parquet  test rows + sampled top-K negatives: user_id, item_id, scenario_id, label,
                          score, source ("test" | "sampled")
     valid_predictions.parquet  validation rows scored by the kept model (ranker.selection)
+
+One training loop (`_fit`) serves one process (the reference: `LocalRows`, `Replicas`) and
+torchrun ranks (`ranker.distributed`: each rank's share of a batch, gradients summed over ranks).
 """
 
 from __future__ import annotations
