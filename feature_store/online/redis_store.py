@@ -14,12 +14,14 @@ crc32(utf-8 id) % buckets. So a batch read is one HMGET per bucket touched, pipe
 round trip, and expiring, keeping or dropping a whole version is O(buckets) commands, never a
 keyspace SCAN; no hash grows so big that freeing it on expiry stalls the server for long.
 
-Writes: per chunk of `write_chunk` id-sorted entities, one MULTI/EXEC pipeline: HEXISTS meta counts
-(does the version's metadata still exist? a server that restarted empty says no, and the version is
-written again from scratch instead of being continued without metadata), one HSET per bucket, the
-new `progress:<kind>`. A chunk and its progress land together, so a resumed materialization skips
-exactly what is there (HSET overwrites: re-sending a chunk is idempotent, which is what lets
-redis-py's Retry re-send it after a connection error or timeout). The pointer and the history
+Writes: per chunk of `write_chunk` id-sorted entities, data strictly first: one pipeline with, per
+bucket touched, EXISTS of the bucket's marker (one server: the metadata) and one HSET; then the new
+`progress:<kind>` in a MULTI/EXEC that also asks whether the metadata still exists. A server that
+restarted empty answers 0 and the version is written again from scratch instead of being
+continued without metadata; a resumed materialization skips exactly what the progress claims
+(HSET overwrites: re-sending a chunk is idempotent, which is what lets redis-py's Retry re-send it
+after a connection error or timeout). The Redis Cluster store (`redis_cluster.py`) is this class
+with other key names. The pointer and the history
 switch in one MULTI/EXEC after the version has been verified; then the previous version's keys get
 EXPIRE old_version_ttl_seconds (meta first, buckets a minute later than meta, so a version whose
 metadata still exists always has its data); a version brought back by rollback is PERSISTed (meta
@@ -66,12 +68,6 @@ def bucket_of(entity_ids: Sequence[str], buckets: int) -> np.ndarray:
     return np.fromiter(crcs, dtype=np.int64, count=len(entity_ids)) % buckets
 
 
-def value_location(namespace: str, version: str, kind: str, entity_id: str, buckets: int) -> tuple[str, str]:
-    """(hash key, field) holding one entity's value; for tools and tests that touch values directly."""
-    b = int(bucket_of([entity_id], buckets)[0])
-    return f"{namespace}:h:{version}:{kind}:{b}", entity_id
-
-
 def group_by_bucket(entity_ids: Sequence[str], buckets: int) -> list[tuple[int, np.ndarray]]:
     """[(bucket, positions of its ids)] for the buckets the ids touch (one command each)."""
     if buckets == 1:
@@ -106,41 +102,57 @@ class RedisStore(OnlineStore):
         read_s, write_s = cfg.timeout_ms / 1000.0, cfg.write_timeout_ms / 1000.0
         # Reads: a dropped connection (server restarted) is retried once on a fresh one; a timeout is
         # not (the batch reads as missing within timeout_ms).
-        self._r = redis.Redis.from_url(
-            url,
-            socket_timeout=read_s,
-            socket_connect_timeout=read_s,
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-            **kwargs,
+        self._r = self._client(
+            url, read_s, read_s, Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)), **kwargs
         )
         # Writes: store.retries retries of connection errors and timeouts, waiting backoff_ms, then
         # twice that, ... (ExponentialBackoff waits base * 2**failures, failures counted from 1).
-        self._w = redis.Redis.from_url(
-            url,
-            socket_timeout=write_s,
-            socket_connect_timeout=min(write_s, 5.0),
-            retry=Retry(ExponentialBackoff(cap=BACKOFF_CAP_S, base=cfg.backoff_ms / 2000.0), cfg.retries),
-            **kwargs,
-        )
+        backoff = ExponentialBackoff(cap=BACKOFF_CAP_S, base=cfg.backoff_ms / 2000.0)
+        self._w = self._client(url, write_s, min(write_s, 5.0), Retry(backoff, cfg.retries), **kwargs)
         # Glob characters in the namespace would make the SCAN pattern of drop_version match other keys.
         ns = check_id(cfg.namespace, "store.namespace", self.redacted_url)
-        self._k_current, self._k_history, self._k_versions = (
-            f"{ns}:current",
-            f"{ns}:history",
-            f"{ns}:versions",
-        )
+        self._k_current, self._k_history, self._k_versions = self._pointer_keys(ns)
         self._buckets: dict[str, int] = {}  # version -> bucket count (immutable once written)
         self._damaged_warned: set[str] = set()
+
+    # ------------------------------------------------------------------ keys and clients (the cluster
+    # store, redis_cluster.py, overrides these five)
+    def _client(self, url: str, timeout_s: float, connect_timeout_s: float, retry: Any, **kwargs: Any) -> Any:
+        return self._redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=connect_timeout_s, retry=retry, **kwargs
+        )
+
+    def _pointer_keys(self, ns: str) -> tuple[str, str, str]:
+        """(pointer, history, version set) keys."""
+        return f"{ns}:current", f"{ns}:history", f"{ns}:versions"
+
+    def _bucket_key(self, version: str, kind: str, bucket: int) -> str:
+        return f"{self.cfg.namespace}:h:{version}:{kind}:{bucket}"
+
+    def _marker_key(self, version: str, bucket: int) -> str:
+        """The key whose existence says the server still holds `bucket` of `version` (one server:
+        the metadata; it vanishes with the data when the server restarts empty)."""
+        return self._meta_key(version)
+
+    def _markers(self, version: str, buckets: int) -> list[str]:
+        """Keys written when a version is started besides its metadata (none on one server)."""
+        return []
+
+    def _server_memory(self) -> dict[str, Any]:
+        info = self._w.info("memory")
+        return {k: info.get(k) for k in ("used_memory", "used_memory_human", "maxmemory")}
 
     # ------------------------------------------------------------------ helpers
     def _meta_key(self, version: str) -> str:
         return f"{self.cfg.namespace}:meta:{check_id(version, 'version', self.redacted_url)}"
 
-    def _bucket_prefix(self, version: str, kind: str) -> str:
-        return f"{self.cfg.namespace}:h:{version}:{kind}:"
-
     def _data_keys(self, version: str, kinds: Sequence[str], buckets: int) -> list[str]:
-        return [self._bucket_prefix(version, k) + str(b) for k in kinds for b in range(buckets)]
+        return [self._bucket_key(version, k, b) for k in kinds for b in range(buckets)]
+
+    def value_location(self, version: str, kind: str, entity_id: str) -> tuple[str, str]:
+        """(hash key, field) holding one entity's value; for tools and tests that touch values."""
+        b = int(bucket_of([entity_id], self.buckets(version))[0])
+        return self._bucket_key(version, kind, b), entity_id
 
     def buckets(self, version: str) -> int:
         """How many hashes each kind of `version` is split into (read from its metadata once)."""
@@ -173,7 +185,8 @@ class RedisStore(OnlineStore):
         """Data keys of `version` from its metadata (kinds x buckets); SCAN only without metadata."""
         info = self.version_info(version)
         if info is not None:
-            return self._data_keys(version, sorted(info.counts), self.buckets(version))
+            nb = self.buckets(version)
+            return self._data_keys(version, sorted(info.counts), nb) + self._markers(version, nb)
         return self._scan(f"{self.cfg.namespace}:h:{check_id(version, 'version', self.redacted_url)}:*")
 
     def _scan(self, pattern: str) -> list[str]:
@@ -181,8 +194,8 @@ class RedisStore(OnlineStore):
         return [k.decode() for k in self._w.scan_iter(match=pattern, count=SCAN_COUNT)]
 
     def _unlink(self, pipe: Any, keys: list[str]) -> None:
-        for a in range(0, len(keys), 500):
-            pipe.unlink(*keys[a : a + 500])
+        for k in keys:  # one key per command: a cluster pipeline routes each to its node
+            pipe.unlink(k)
 
     # ------------------------------------------------------------------ metadata
     def current_id(self) -> str | None:
@@ -241,13 +254,12 @@ class RedisStore(OnlineStore):
         fields = list(map(str, ids))
         if not fields:
             return []
-        prefix = self._bucket_prefix(version.version, kind)
         groups = group_by_bucket(fields, self.buckets(version.version))
         if len(groups) == 1:
-            return self._r.hmget(prefix + str(groups[0][0]), fields)
+            return self._r.hmget(self._bucket_key(version.version, kind, groups[0][0]), fields)
         pipe = self._r.pipeline(transaction=False)
         for b, rows in groups:
-            pipe.hmget(prefix + str(b), [fields[i] for i in rows.tolist()])
+            pipe.hmget(self._bucket_key(version.version, kind, b), [fields[i] for i in rows.tolist()])
         out: list[bytes | None] = [None] * len(fields)
         for (_, rows), values in zip(groups, pipe.execute(), strict=True):
             for i, v in zip(rows.tolist(), values, strict=True):
@@ -263,9 +275,22 @@ class RedisStore(OnlineStore):
             existing = self._w.hgetall(key)
             if existing and self._parse_meta(meta.version, existing) is not None:
                 done = {k.decode()[9:]: int(v) for k, v in existing.items() if k.startswith(b"progress:")}
-                self._buckets[meta.version] = int(existing.get(b"buckets", 1))
-                log.info("redis store: resuming version %s (%s)", meta.version, done)
-                return done
+                self._buckets[meta.version] = nb = int(existing.get(b"buckets", 1))
+                markers = self._markers(meta.version, nb)
+                pipe = self._w.pipeline(transaction=False)
+                for m in markers:
+                    pipe.exists(m)
+                lost = [m for m, ok in zip(markers, pipe.execute(), strict=True) if not ok]
+                if not lost:
+                    log.info("redis store: resuming version %s (%s)", meta.version, done)
+                    return done
+                log.warning(
+                    "redis store: version %s lost %d bucket(s) (a node restarted empty?), e.g. %s; "
+                    "writing it from scratch",
+                    meta.version,
+                    len(lost),
+                    lost[0],
+                )
             # Nothing usable to resume: a fresh start must not inherit the values (or the progress
             # fields) an earlier write left without metadata.
             orphans = self._scan(f"{self.cfg.namespace}:h:{meta.version}:*")
@@ -285,7 +310,11 @@ class RedisStore(OnlineStore):
                 for k, v in meta.to_dict().items()
             }
             fields["buckets"] = str(buckets)
-            pipe = self._w.pipeline(transaction=True)
+            pipe = self._w.pipeline(transaction=False)
+            for m in self._markers(meta.version, buckets):  # before the metadata that vouches for them
+                pipe.set(m, b"1")
+            pipe.execute()
+            pipe = self._w.pipeline(transaction=False)
             pipe.hset(key, mapping=fields)
             pipe.sadd(self._k_versions, meta.version)
             pipe.execute()
@@ -298,19 +327,24 @@ class RedisStore(OnlineStore):
         return None
 
     def _write_chunk(self, version: str, kind: str, start: int, ids: np.ndarray, recs: np.ndarray) -> None:
-        prefix, meta = self._bucket_prefix(version, kind), self._meta_key(version)
+        """Data strictly first (one pipeline: per bucket EXISTS marker then HSET, one round trip per
+        node), then the progress, in a MULTI/EXEC that also asks whether the metadata still exists."""
+        meta = self._meta_key(version)
         id_list, values = ids.tolist(), codec.split_records(recs)
-        pipe = self._w.pipeline(transaction=True)
-        pipe.hexists(meta, "counts")  # False: the server lost the version's metadata
+        what = f"writing version {version} {kind} entities {start}..{start + len(ids)}"
+        pipe = self._w.pipeline(transaction=False)
         for b, rows in group_by_bucket(id_list, self.buckets(version)):
             flat: list[Any] = [None] * (2 * len(rows))  # field, value, field, value, ...
             flat[0::2] = [id_list[i] for i in rows.tolist()]
             flat[1::2] = [values[i] for i in rows.tolist()]
-            pipe.execute_command("HSET", prefix + str(b), *flat)
+            pipe.exists(self._marker_key(version, b))  # 0: the server lost this bucket's version
+            pipe.execute_command("HSET", self._bucket_key(version, kind, b), *flat)
+        if not all(self._call(what, pipe.execute)[0::2]):
+            raise VersionLostError(f"the server no longer holds the version ({what})")
+        pipe = self._w.pipeline(transaction=True)
+        pipe.hexists(meta, "counts")
         pipe.hset(meta, f"progress:{kind}", start + len(ids))
-        what = f"writing version {version} {kind} entities {start}..{start + len(ids)}"
-        result = self._call(what, pipe.execute)
-        if not result[0]:
+        if not self._call(what, pipe.execute)[0]:
             raise VersionLostError(f"the server no longer holds the metadata of the version ({what})")
 
     def _end_writes(self, version: str) -> None:
@@ -365,17 +399,17 @@ class RedisStore(OnlineStore):
                 for k in self._version_keys(version):
                     pipe.persist(k)
                 pipe.execute()
+            self._w.hset(meta, "retired_at", "")
 
-        def switch() -> None:
+        def switch() -> None:  # pointer and history: one slot, one MULTI/EXEC
             pipe = self._w.pipeline(transaction=True)
             pipe.set(self._k_current, version)
             pipe.delete(self._k_history)
             if history:
                 pipe.rpush(self._k_history, *history)
-            pipe.hset(meta, "retired_at", "")
-            if previous:
-                pipe.hset(self._meta_key(previous), "retired_at", str(time.time()))
             pipe.execute()
+            if previous:  # starts its expiry clock (after the switch: never retire the current one)
+                self._w.hset(self._meta_key(previous), "retired_at", str(time.time()))
 
         self._call(f"keeping version {version}", persist)
         self._call(f"switching the pointer to {version}", switch)
@@ -436,8 +470,7 @@ class RedisStore(OnlineStore):
     # ------------------------------------------------------------------ status
     def _backend_status(self) -> dict[str, Any]:
         def collect() -> dict[str, Any]:
-            info = self._w.info("memory")
-            mem: dict[str, Any] = {k: info.get(k) for k in ("used_memory", "used_memory_human", "maxmemory")}
+            mem = self._server_memory()
             mem["dbsize"] = self._w.dbsize()
             cur = self.current_id()
             meta = self.version_info(cur) if cur else None
@@ -460,5 +493,5 @@ class RedisStore(OnlineStore):
             return False
 
     def close(self) -> None:
-        self._r.connection_pool.disconnect()
-        self._w.connection_pool.disconnect()
+        self._r.close()
+        self._w.close()

@@ -1,4 +1,4 @@
-"""Store tests: snapshot factory and a store URL fixture parametrised over both backends."""
+"""Store tests: snapshot factory and a store URL fixture parametrised over every backend."""
 
 from __future__ import annotations
 
@@ -58,6 +58,16 @@ def write_snapshot(
     return store.path_of(snapshot_id)
 
 
+def assert_values(store, rows: KnowledgeRows, ids: list[str]) -> None:  # noqa: ANN001
+    """`store` returns exactly the snapshot's vectors (through float16) for user `ids`."""
+    r = store.read("user", ids)
+    assert r.found.all(), r
+    pos = {e: i for i, e in enumerate(rows.entity_id)}
+    np.testing.assert_array_equal(
+        r.vectors, rows.vectors[[pos[i] for i in ids]].astype(np.float16).astype(np.float32)
+    )
+
+
 @pytest.fixture
 def snapshot_factory(tmp_path: Path) -> Callable[..., tuple[Path, KnowledgeRows]]:
     root = tmp_path / "offline"
@@ -70,8 +80,11 @@ def snapshot_factory(tmp_path: Path) -> Callable[..., tuple[Path, KnowledgeRows]
     return make
 
 
-@pytest.fixture(params=["local", "redis"])
+@pytest.fixture(params=["local", "redis", "cluster"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each backend: local files, one redis-server, a 3-master Redis Cluster (emptied per test)."""
     if request.param == "local":
         return str(tmp_path / "online")
+    if request.param == "cluster":
+        return request.getfixturevalue("redis_cluster").url
     return request.getfixturevalue("redis_server").url

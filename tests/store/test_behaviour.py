@@ -23,11 +23,9 @@ def expected(rows, ids: list[str]) -> np.ndarray:  # noqa: ANN001
 
 def put_raw(url: str, cfg: StoreConfig, version: str, kind: str, entity_id: str, value: bytes) -> None:
     """Overwrite one stored value in place, behind the store's back (corruption injection)."""
-    if url.startswith("redis://"):
-        from feature_store.online.redis_store import RedisStore, value_location
-
-        store = RedisStore(url, cfg)
-        key, fld = value_location(cfg.namespace, version, kind, entity_id, store.buckets(version))
+    if "://" in url:  # Redis or Redis Cluster
+        store = open_store(url, cfg)
+        key, fld = store.value_location(version, kind, entity_id)
         assert store._w.hexists(key, fld), "corruption must replace an existing value"
         store._w.hset(key, fld, value)
         store.close()

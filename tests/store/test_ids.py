@@ -103,10 +103,10 @@ def populated(store_url: str, snapshot_factory, tmp_path: Path):  # noqa: ANN001
 def store_state(store_url: str, cfg: StoreConfig) -> object:
     if "://" not in store_url:
         return tree(Path(store_url))
-    import redis
+    from tests.fixtures.redis_server import all_keys
 
-    r = redis.Redis.from_url(store_url)
-    return sorted(r.keys("*")), r.get(f"{cfg.namespace}:current"), r.lrange(f"{cfg.namespace}:history", 0, -1)
+    with open_store(store_url, cfg) as st:
+        return all_keys(store_url), st.current_id(), st.history()
 
 
 @pytest.mark.parametrize("bad", ["..", "."])

@@ -6,26 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from feature_store.materialize import materialize
 from feature_store.online import open_store
 from llm4msr.config import StoreConfig
 from pipelines.cli import main
+from tests.store.conftest import assert_values
 
 CFG = StoreConfig(
     write_chunk=10, retries=3, backoff_ms=20, pointer_cache_ms=0, redis_bucket_fields=16, verify_sample=200
 )
-
-
-def _values_equal(store, rows, ids: list[str]) -> None:  # noqa: ANN001
-    r = store.read("user", ids)
-    assert r.found.all(), r
-    pos = {e: i for i, e in enumerate(rows.entity_id)}
-    np.testing.assert_array_equal(
-        r.vectors, rows.vectors[[pos[i] for i in ids]].astype(np.float16).astype(np.float32)
-    )
 
 
 def test_redis_restart_mid_materialize_rewrites_the_version(redis_server, snapshot_factory) -> None:  # noqa: ANN001
@@ -46,7 +37,7 @@ def test_redis_restart_mid_materialize_rewrites_the_version(redis_server, snapsh
     assert report.keys_written == 83 and report.keys_skipped == 0  # the whole version, once more
     store = open_store(redis_server.url, CFG)
     assert store.current().version == "v1" and store.current().counts == {"scenario": 3, "user": 80}
-    _values_equal(store, rows, [f"u{i:05d}" for i in range(80)])
+    assert_values(store, rows, [f"u{i:05d}" for i in range(80)])
     assert store.incomplete_versions() == []
     # No orphan left behind: every data key is one of v1's buckets.
     keys = {k.decode() for k in redis_server.client().keys("llm4msr:h:*")}
@@ -88,7 +79,7 @@ def test_status_lists_orphans_rerun_recovers_gc_removes(
     assert report.keys_written == 33 and not report.resumed
     store = open_store(url, CFG)
     assert store.current().version == "v2"
-    _values_equal(store, rows2, [f"u{i:05d}" for i in range(30)])
+    assert_values(store, rows2, [f"u{i:05d}" for i in range(30)])
 
     # A partial write (status writing) is kept by default: a re-run would resume it.
     snap4, _ = snapshot_factory("v4", n_users=30, seed=4)
@@ -148,7 +139,7 @@ def test_local_store_incomplete_and_gc(tmp_path: Path, snapshot_factory) -> None
     assert store.status()["incomplete"] == [entry]
     report = materialize(snap2, store, CFG)  # rewritten from scratch, not resumed from damage
     assert report.keys_written == 33 and not report.resumed and store.current().version == "v2"
-    _values_equal(store, rows2, ["u00003", "u00029"])
+    assert_values(store, rows2, ["u00003", "u00029"])
     (Path(url) / "staging" / "v9").mkdir()  # a folder without metadata
     assert [v["version"] for v in store.gc()] == ["v9"]
     assert not (Path(url) / "staging" / "v9").exists() and store.incomplete_versions() == []

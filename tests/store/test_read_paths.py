@@ -72,8 +72,6 @@ def test_redis_reads_with_absent_and_odd_values(redis_server, tmp_path) -> None:
     length, still reads right (found mask, vectors) and quickly."""
     import redis as redis_py
 
-    from feature_store.online.redis_store import value_location
-
     cfg = StoreConfig(pointer_cache_ms=0, namespace="rv", redis_bucket_fields=16, timeout_ms=2000)
     ids = np.array([f"u{i:04d}" for i in range(64)])
     vecs = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
@@ -86,7 +84,7 @@ def test_redis_reads_with_absent_and_odd_values(redis_server, tmp_path) -> None:
     r = store.read("user", q)
     assert r.found.tolist() == [True] * 64 + [False]
     np.testing.assert_allclose(r.vectors[:64], vecs[::-1], rtol=1e-3, atol=1e-3)
-    key, field = value_location("rv", "v1", "user", "u0005", store.buckets("v1"))
+    key, field = store.value_location("v1", "user", "u0005")
     redis_py.Redis.from_url(redis_server.url).hset(key, field, b"short")
     t0 = time.perf_counter()
     r = store.read("user", ids.tolist())
