@@ -460,7 +460,7 @@ def encode_shard(kp: KnowledgePlan, shard_index: int, backend: Backend | None = 
                 t0 = time.perf_counter()
                 gen = [g[:r] for g, r in zip(backend.generate(ids, max(1, min(room))), room, strict=True)]
                 dt, n_new = time.perf_counter() - t0, sum(len(g) for g in gen)
-                log.info(
+                log.debug(  # per batch; the progress line reports at INFO
                     "%s: generated %d answers, %d new tokens (prompts %d tokens) in %.1fs: %.1f tokens/s",
                     where,
                     len(gen),
@@ -489,7 +489,7 @@ def encode_shard(kp: KnowledgePlan, shard_index: int, backend: Backend | None = 
                 )
             vectors[idx] = vecs
             dt, n_tok = time.perf_counter() - t0, sum(len(x) for x in ids)
-            log.info(
+            log.debug(  # per batch; the progress line reports at INFO
                 "%s: pooled %d sequences, %d tokens in %.1fs: %.1f sequences/s, %.0f tokens/s",
                 where,
                 len(ids),

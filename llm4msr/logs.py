@@ -45,6 +45,7 @@ THIRD_PARTY = (
     "uvicorn",
     "onnxruntime",
     "onnxscript",
+    "onnx_ir",
     "numba",
     "distributed",
     "fsspec",

@@ -457,7 +457,11 @@ def export_source(
     model = source.model.eval()
     example = _example(source, cfg)
     for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._dynamo"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger(noisy).level))
+        # The exporters' INFO chatter off, without lowering a stricter level set by the caller's
+        # logging setup (the CLI shows torch from ERROR: llm4msr.logs).
+        lib_log = logging.getLogger(noisy)
+        if lib_log.getEffectiveLevel() < logging.WARNING:
+            lib_log.setLevel(logging.WARNING)
     order = {"auto": ["dynamo", "legacy"], "dynamo": ["dynamo"], "legacy": ["legacy"]}[cfg.exporter]
     attempts: list[dict[str, Any]] = []
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:

@@ -66,6 +66,7 @@ class VllmBackend(Backend):
             enforce_eager=True,
             seed=self.seed,
             max_model_len=self.max_model_len,
+            use_tqdm_on_load=False,  # a checkpoint-shard bar per start-up; our log says when it loaded
         )
         if self.kv_cache_gib is not None:  # else vLLM reserves gpu_memory_utilization of the RAM/VRAM
             kwargs["kv_cache_memory_bytes"] = int(self.kv_cache_gib * (1 << 30))
