@@ -89,18 +89,24 @@ def config_parent() -> argparse.ArgumentParser:
     return p
 
 
-def data_parent(*, required: bool = False, help: str | None = None) -> argparse.ArgumentParser:
-    """--data DIR: a canonical dataset folder."""
+def _dir_parent(
+    flag: str, what: str, default: str, *, required: bool, help: str | None
+) -> argparse.ArgumentParser:
+    """A parent with one `flag DIR` option; its help names the config default unless required."""
     p = _parent()
     p.add_argument(
-        "--data",
+        flag,
         required=required,
         metavar="DIR",
-        help=help
-        or "canonical dataset folder from `llm4msr data build`"
-        + ("" if required else " (default: data.out)"),
+        help=help or what + ("" if required else f" (default: {default})"),
     )
     return p
+
+
+def data_parent(*, required: bool = False, help: str | None = None) -> argparse.ArgumentParser:
+    """--data DIR: a canonical dataset folder."""
+    what = "canonical dataset folder from `llm4msr data build`"
+    return _dir_parent("--data", what, "data.out", required=required, help=help)
 
 
 def dataset_parent(*, help: str | None = None) -> argparse.ArgumentParser:
@@ -115,15 +121,8 @@ def dataset_parent(*, help: str | None = None) -> argparse.ArgumentParser:
 def knowledge_parent(*, required: bool = False, help: str | None = None) -> argparse.ArgumentParser:
     """--knowledge DIR: a snapshot root (its CURRENT version is used) or one snapshot folder.
     The old spellings --snapshot and --root still work, with a note."""
-    p = _parent()
-    p.add_argument(
-        "--knowledge",
-        required=required,
-        metavar="DIR",
-        help=help
-        or "knowledge snapshot root (its CURRENT version is used) or one snapshot folder"
-        + ("" if required else " (default: knowledge.snapshot_root)"),
-    )
+    what = "knowledge snapshot root (its CURRENT version is used) or one snapshot folder"
+    p = _dir_parent("--knowledge", what, "knowledge.snapshot_root", required=required, help=help)
     for old in ("--snapshot", "--root"):
         deprecated_alias(p, old, "--knowledge", "knowledge")
     return p
