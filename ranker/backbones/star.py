@@ -36,12 +36,12 @@ class StarLinear(ContextLayer, nn.Module):
         return torch.bmm(x, w) + b.unsqueeze(1)
 
     def reference(self, x: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
-        # Per-row weights would be [B, in, out]: every scenario's weights side by side as ONE group
-        # ([in, S*out], one matmul for all rows), then each row's scenario gathered.
+        # Per-row weights would be [B, in, out]: instead x W + b for every scenario's weights side by
+        # side ([in, S*out], one matmul for all rows), then each row's scenario gathered.
         w, b = self.weights(torch.arange(self.scen_w.shape[0], device=x.device))
         s, i, o = w.shape
-        out = self.apply_weights(x.unsqueeze(0), w.permute(1, 0, 2).reshape(1, i, s * o), b.reshape(1, s * o))
-        return gather_scenario(out.view(-1, s, o), scenario)
+        out = (x @ w.permute(1, 0, 2).reshape(i, s * o)).view(-1, s, o) + b.unsqueeze(0)
+        return gather_scenario(out, scenario)
 
 
 class Star(Backbone):
