@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from pipelines.commands.common import choices, config_parent, store_parent
 
@@ -46,18 +47,23 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from feature_store.online import open_store
+    from feature_store.online import StoreError, open_store
     from ranker.serving.http import body_limit, create_app, token_from_env
     from ranker.serving.runtime import Ranker
 
     # Everything that can fail is loaded before the socket is bound: no half-started server.
-    # A bad model or a store of other knowledge raises a UserError (ModelLoadError, KnowledgeMismatchError).
-    store = open_store(args.store or cfg.store.url, cfg.store)
+    # A bad model or a store of other knowledge raises a UserError (ModelLoadError, KnowledgeMismatchError);
+    # a store that cannot be reached is one line and exit 1, as in `llm4msr store`.
     try:
-        ranker = Ranker(args.model, store, cfg.serve)
-    except BaseException:
-        store.close()
-        raise
+        store = open_store(args.store or cfg.store.url, cfg.store)
+        try:
+            ranker = Ranker(args.model, store, cfg.serve)
+        except BaseException:
+            store.close()
+            raise
+    except StoreError as exc:
+        print(f"llm4msr serve: error: {exc}", file=sys.stderr)
+        return 1
     token = token_from_env(cfg.serve.token_env)
     app = create_app(ranker, token=token)
     log.info(
