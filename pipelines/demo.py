@@ -192,9 +192,9 @@ def summary_lines(s: DemoSummary) -> list[str]:
             lines.append(f"  kept: {train.run.selection.get('reason') or train.run.selection.get('keep')}")
         lines.append("")
     registry = (
-        f"model {train.registry.model_id} (registered)"
+        f"registered {train.registry.model_id}"
         if train.registered
-        else f"model {train.registry.current_model_id} (unchanged: {train.reason})"
+        else f"current stays {train.registry.current_model_id}: {train.reason}"
     )
     store = know.materialize
     written = [
@@ -209,7 +209,8 @@ def summary_lines(s: DemoSummary) -> list[str]:
         ),
         ("training run", train.run.run_dir),
         ("registry", f"{cfg.pipelines.registry_dir}  ({registry})"),
-        ("reports", f"{know.report_path}, {train.report_path}"),
+        ("knowledge report", str(know.report_path)),
+        ("train report", str(train.report_path)),
     ]
     width = max(len(k) for k, _ in written) + 2
     lines.append("written:")

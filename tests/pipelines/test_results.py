@@ -209,15 +209,17 @@ def test_demo_summary_table(tmp_path: Path) -> None:
     ]
     assert lines[start + 5] == "  kept: +LLM4MSR beyond 2 SE"
     assert lines[0] == "== LLM4MSR demo finished in 12.5s"
-    written = lines[lines.index("written:") + 1 : lines.index("written:") + 7]
+    written = lines[lines.index("written:") + 1 : lines.index("written:") + 8]
     assert [w.split()[0] for w in written] == [
         "dataset",
         "knowledge",
         "online",
         "training",
         "registry",
-        "reports",
+        "knowledge",
+        "train",
     ]
+    assert written[4] == f"  registry            {tmp_path}/registry  (registered m1)"
     assert len({w.index("/") for w in written}) == 1  # values aligned in one column
     assert (
         "  user u1 scenario electronics: 3 candidates in 1.2 ms, top 3: i2 0.900, i1 0.500, i3 0.100" in lines
