@@ -27,9 +27,31 @@ Why this is consistent across nodes:
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from feature_store.online.redis_store import RedisStore
+
+
+class _Lazy:
+    """A RedisCluster client made on first use: its constructor connects to discover the nodes,
+    and opening a store must not (a server starting while the cluster is down serves fallback
+    knowledge, as with one Redis). Construction errors surface in the first call, as StoreErrors."""
+
+    def __init__(self, make: Callable[[], Any]):
+        self._make, self._made = make, None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        with self._lock:
+            if self._made is None:
+                self._made = self._make()
+        return getattr(self._made, name)
+
+    def close(self) -> None:
+        if self._made is not None:
+            self._made.close()
 
 
 class RedisClusterStore(RedisStore):
@@ -39,12 +61,14 @@ class RedisClusterStore(RedisStore):
         from redis.cluster import RedisCluster
 
         plain = url.replace("+cluster://", "://", 1)
-        return RedisCluster.from_url(
-            plain,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=connect_timeout_s,
-            retry=retry,
-            **kwargs,
+        return _Lazy(
+            lambda: RedisCluster.from_url(
+                plain,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=connect_timeout_s,
+                retry=retry,
+                **kwargs,
+            )
         )
 
     def _pointer_keys(self, ns: str) -> tuple[str, str, str]:
@@ -72,4 +96,5 @@ class RedisClusterStore(RedisStore):
             "used_memory_human": f"{used / 2**20:.2f}M",
             "maxmemory": sum(int(n.get("maxmemory", 0)) for n in nodes),
             "masters": len(list(nodes)),
+            "dbsize": self._w.dbsize(target_nodes=RedisCluster.PRIMARIES),
         }

@@ -140,7 +140,8 @@ class RedisStore(OnlineStore):
 
     def _server_memory(self) -> dict[str, Any]:
         info = self._w.info("memory")
-        return {k: info.get(k) for k in ("used_memory", "used_memory_human", "maxmemory")}
+        mem = {k: info.get(k) for k in ("used_memory", "used_memory_human", "maxmemory")}
+        return {**mem, "dbsize": self._w.dbsize()}
 
     # ------------------------------------------------------------------ helpers
     def _meta_key(self, version: str) -> str:
@@ -178,7 +179,7 @@ class RedisStore(OnlineStore):
             ) from exc
         except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
             raise StoreError(f"redis at {self.redacted_url} unreachable while {what}: {exc}") from exc
-        except self._redis.RedisError as exc:
+        except (self._redis.RedisError, self._redis.exceptions.RedisClusterException) as exc:
             raise StoreError(f"redis at {self.redacted_url}: {what} failed: {exc}") from exc
 
     def _version_keys(self, version: str) -> list[str]:
@@ -471,7 +472,6 @@ class RedisStore(OnlineStore):
     def _backend_status(self) -> dict[str, Any]:
         def collect() -> dict[str, Any]:
             mem = self._server_memory()
-            mem["dbsize"] = self._w.dbsize()
             cur = self.current_id()
             meta = self.version_info(cur) if cur else None
             if meta is not None:
