@@ -359,11 +359,11 @@ def _check_graph(path: Path, inputs: list[dict[str, Any]], outputs: list[dict[st
 
 # ---------------------------------------------------------------------------- variants
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    if len(np.unique(labels)) < 2:
-        return None
-    from sklearn.metrics import roc_auc_score
+    """`ranker.metrics.auc`, None (JSON null) when the rows hold one class."""
+    from ranker.metrics import auc
 
-    return float(roc_auc_score(labels, scores))
+    value = auc(labels, scores)
+    return None if np.isnan(value) else value
 
 
 def _score_batched(sess: Any, inputs: dict[str, np.ndarray], batch: int = 4096) -> np.ndarray:

@@ -21,22 +21,26 @@ import polars as pl
 EPS = 1e-7
 
 
+def midranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of `x` with ties given their average rank (one stable sort)."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="mergesort")
+    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
+    ranks = np.empty(x.size, dtype=np.float64)
+    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
+    return ranks
+
+
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC via the rank-sum (Mann-Whitney) statistic with average ranks for ties; NaN if one class."""
+    """ROC AUC via the rank-sum (Mann-Whitney) statistic with average ranks for ties; NaN if one class.
+
+    The project's one AUC (selection's DeLong test shares `midranks`; gAUC is its per-user form)."""
     labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
     n_pos = int(labels.sum())
     n_neg = labels.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(scores.size, dtype=np.float64)
-    # average rank (1-based) over runs of equal scores
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float((midranks(scores)[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def logloss(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -78,23 +82,9 @@ def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> tuple[flo
     return g, int(mixed.sum()), int(n.size - mixed.sum())
 
 
-def topk(pos_scores: np.ndarray, neg_scores: np.ndarray, k: int) -> tuple[float, float]:
-    """(Recall@k, NDCG@k) of one group: positives ranked among negatives (pessimistic ties)."""
-    pos = np.sort(np.asarray(pos_scores, dtype=np.float64))[::-1]
-    neg = np.asarray(neg_scores, dtype=np.float64)
-    if pos.size == 0:
-        return float("nan"), float("nan")
-    # 0-based rank of each positive: negatives scoring >= it, plus positives strictly above it.
-    ranks = np.array([(neg >= s).sum() + i for i, s in enumerate(pos)])
-    hits = ranks < k
-    recall = hits.sum() / min(pos.size, k)
-    dcg = (1.0 / np.log2(ranks[hits] + 2)).sum()
-    idcg = (1.0 / np.log2(np.arange(min(pos.size, k)) + 2)).sum()
-    return float(recall), float(dcg / idcg)
-
-
 def _topk_frame(pred: pl.DataFrame, k: int) -> tuple[float, float, int]:
-    """`topk` for every (user, scenario) group at once (one sort; same ranks, ties and means)."""
+    """(Recall@k, NDCG@k) of every (user, scenario) group at once: its positives ranked among its
+    negatives, ties pessimistic (one sort; tests/ranker/test_metrics.py checks it against a per-group loop)."""
     test_pos = pred.filter((pl.col("source") == "test") & (pl.col("label") == 1))
     negs = pred.filter(pl.col("source") == "sampled")
     if test_pos.height == 0 or negs.height == 0:

@@ -22,6 +22,7 @@ import polars as pl
 
 from llm4msr.config import Settings
 from llm4msr.errors import MissingInputError
+from ranker.metrics import midranks
 from ranker.model_io import VALID_PREDICTIONS_FILE
 
 if TYPE_CHECKING:
@@ -58,15 +59,6 @@ class VariantDecision:
         return asdict(self) | {"z": self.z if math.isfinite(self.z) else None}
 
 
-def _midranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties given their average rank."""
-    order = np.argsort(x, kind="mergesort")
-    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
-    ranks = np.empty(x.size, dtype=np.float64)
-    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
-    return ranks
-
-
 def paired_auc_delta(
     labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray
 ) -> tuple[float, float, float]:
@@ -80,9 +72,9 @@ def paired_auc_delta(
     v10, v01 = [], []
     for s in (np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)):
         pos, neg = s[y], s[~y]
-        tz = _midranks(np.concatenate([pos, neg]))
-        v10.append((tz[:m] - _midranks(pos)) / n)  # per positive: share of negatives ranked below
-        v01.append(1.0 - (tz[m:] - _midranks(neg)) / m)  # per negative: share of positives above
+        tz = midranks(np.concatenate([pos, neg]))
+        v10.append((tz[:m] - midranks(pos)) / n)  # per positive: share of negatives ranked below
+        v01.append(1.0 - (tz[m:] - midranks(neg)) / m)  # per negative: share of positives above
     auc_a, auc_b = float(v10[0].mean()), float(v10[1].mean())
     s10 = np.cov(np.vstack(v10)) if m > 1 else np.zeros((2, 2))
     s01 = np.cov(np.vstack(v01)) if n > 1 else np.zeros((2, 2))

@@ -8,6 +8,32 @@ from sklearn.metrics import roc_auc_score
 from ranker import metrics as M
 
 
+def topk(pos_scores: np.ndarray, neg_scores: np.ndarray, k: int) -> tuple[float, float]:
+    """Reference (Recall@k, NDCG@k) of one group, a loop per positive (pessimistic ties); the product
+    computes all groups at once (`ranker.metrics._topk_frame`)."""
+    pos = np.sort(np.asarray(pos_scores, dtype=np.float64))[::-1]
+    neg = np.asarray(neg_scores, dtype=np.float64)
+    if pos.size == 0:
+        return float("nan"), float("nan")
+    # 0-based rank of each positive: negatives scoring >= it, plus positives strictly above it.
+    ranks = np.array([(neg >= s).sum() + i for i, s in enumerate(pos)])
+    hits = ranks < k
+    recall = hits.sum() / min(pos.size, k)
+    dcg = (1.0 / np.log2(ranks[hits] + 2)).sum()
+    idcg = (1.0 / np.log2(np.arange(min(pos.size, k)) + 2)).sum()
+    return float(recall), float(dcg / idcg)
+
+
+def test_auc_equals_the_pairwise_definition_with_ties():
+    """P(score_pos > score_neg) + P(tie) / 2 over all pairs, brute force."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 200)
+    s = rng.integers(0, 15, 200).astype(np.float64)  # many ties
+    pos, neg = s[y == 1], s[y == 0]
+    pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+    assert M.auc(y, s) == pytest.approx(pairs, abs=1e-12)
+
+
 def test_auc_hand_computed():
     # pairs (pos, neg): (0.8,0.1) ok, (0.8,0.4) ok, (0.35,0.1) ok, (0.35,0.4) wrong -> 3/4
     assert M.auc(np.array([1, 0, 1, 0]), np.array([0.8, 0.1, 0.35, 0.4])) == pytest.approx(0.75)
@@ -42,15 +68,15 @@ def test_gauc_weights_users_and_counts_skipped():
 
 def test_topk_hand_computed():
     # one positive at rank 2 (0-based 1) among negatives -> recall 1, ndcg 1/log2(3)
-    r, n = M.topk(np.array([0.7]), np.array([0.9, 0.5, 0.1]), k=2)
+    r, n = topk(np.array([0.7]), np.array([0.9, 0.5, 0.1]), k=2)
     assert (r, n) == (pytest.approx(1.0), pytest.approx(1 / math.log2(3)))
-    r, n = M.topk(np.array([0.7]), np.array([0.9, 0.8, 0.75]), k=2)
+    r, n = topk(np.array([0.7]), np.array([0.9, 0.8, 0.75]), k=2)
     assert (r, n) == (0.0, 0.0)
     # ties are pessimistic: a constant model ranks its positive last
-    r, _ = M.topk(np.array([0.5]), np.full(10, 0.5), k=10)
+    r, _ = topk(np.array([0.5]), np.full(10, 0.5), k=10)
     assert r == 0.0
     # two positives, k=2: ranks 0 and 2 -> recall 1/2, ndcg = 1 / (1 + 1/log2(3))
-    r, n = M.topk(np.array([0.9, 0.5]), np.array([0.6, 0.1]), k=2)
+    r, n = topk(np.array([0.9, 0.5]), np.array([0.6, 0.1]), k=2)
     assert r == pytest.approx(0.5)
     assert n == pytest.approx(1.0 / (1 + 1 / math.log2(3)))
 
@@ -127,7 +153,7 @@ def test_grouped_topk_and_gauc_equal_the_per_group_definitions():
                 pl.col("source") == "sampled", pl.col("user_id") == u, pl.col("scenario_id") == scen
             )
             if neg.height:
-                r, n = M.topk(part["score"].to_numpy(), neg["score"].to_numpy(), k)
+                r, n = topk(part["score"].to_numpy(), neg["score"].to_numpy(), k)
                 recalls.append(r)
                 ndcgs.append(n)
         got = M._topk_frame(pred, k)
