@@ -58,12 +58,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
+    from bench.simulate import churn
     from feature_store.build import build_and_write
     from feature_store.knowledge_snapshot import load_snapshot, write_snapshot_files
     from knowledge_service.backends import get_backend, release_backends
     from knowledge_service.models import model_info
     from knowledge_service.runner import apply_pca, build_knowledge, fit_pca, plan
-    from knowledge_service.simulate import churn
     from llm4msr.config import DataConfig, KnowledgeConfig
 
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-knowledge-"))

@@ -7,9 +7,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from bench.simulate import churn  # noqa: F401 - re-exported for the tests
 from feature_store.dataset import CanonicalDataset, write_dataset
 from feature_store.schema import INTERACTIONS_SCHEMA
-from knowledge_service.simulate import churn  # noqa: F401 - re-exported for the tests
 
 SCENARIOS = [
     ("s1", "Movies", "Feature films."),

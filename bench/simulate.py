@@ -1,4 +1,4 @@
-"""Simulated behaviour change for incremental-refresh tests and benchmarks."""
+"""Simulated behaviour change (a churned copy of a dataset) for the knowledge benchmark and the incremental-refresh tests; benchmark tooling, not product code."""
 
 from __future__ import annotations
 
