@@ -402,13 +402,13 @@ def _run_knowledge(
         timings=timer.timings,
     )
     logger.info(
-        "%s done (%s): snapshot %s, %d encoded, %d carried over; stage seconds %s",
+        "%s done (%s): snapshot %s, %d encoded, %d carried over in %.1fs",
         flow_name,
         status,
         snap.snapshot_id,
         plan.n_encode if status == "published" else 0,
         plan.n_carry,
-        timer.timings,
+        sum(timer.timings.values()),
     )
     report.report_path = str(write_report(settings, flow_name, report))
     return report

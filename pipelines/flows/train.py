@@ -145,8 +145,7 @@ def train_ranker(
         from ranker.selection import train_selected
 
         chosen = train_selected(settings, Path(dataset_dir), knowledge_dir, out)
-        run_dir, selection = chosen.kept.run_dir, chosen.decision.to_dict()
-        run_logger().info("selection: %s", chosen.decision.reason)
+        run_dir, selection = chosen.kept.run_dir, chosen.decision.to_dict()  # ranker.selection logs it
     else:
         run_dir = train(settings, Path(dataset_dir), knowledge_dir, out).run_dir
     run_logger().info("trained %s in %.1fs -> %s", settings.train.backbone, time.perf_counter() - t0, run_dir)
@@ -190,7 +189,7 @@ def export_model(
         run_logger().info("export %s already present; reusing it", out)
         return ExportedModel(model_dir=str(out), parity=parity, exporter=manifest.get("exporter"))
     report = export_run(Path(run_dir), out, ExportConfig.model_validate(export), dataset_dir=dataset_dir)
-    run_logger().info(report.summary())
+    # ranker.export logs report.summary() itself: each event is logged once
     return ExportedModel(model_dir=str(report.model_dir), parity=report.parity, exporter=report.exporter)
 
 
@@ -337,10 +336,10 @@ def train_flow(config: str | None = None, overrides: list[str] | None = None) ->
         timings=timer.timings,
     )
     logger.info(
-        "train flow done: %s (%s); stage seconds %s",
+        "train flow done: %s (%s) in %.1fs",
         "registered " + str(reg.model_id) if reg.registered else "NOT registered",
         reg.decision.reason,
-        timer.timings,
+        sum(timer.timings.values()),
     )
     report.report_path = str(write_report(settings, "train", report))
     return report
