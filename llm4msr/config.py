@@ -207,7 +207,7 @@ class TrainConfig(Section):
     select: Literal["fixed", "auto"] = "fixed"
     select_min_z: float = Field(2.0, ge=0.0)
     # torch intra-op threads. 1 by default: these models are small, a second thread gains little on an
-    # idle machine and under CPU contention made epochs 10-50x slower (docs/ranker.md, Threads).
+    # idle machine and under CPU contention made epochs much slower (measurements: docs/ranker.md, Threads).
     threads: int = Field(1, ge=1)
     eval_batch_size: int = Field(8192, ge=1)
 

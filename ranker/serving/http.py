@@ -219,8 +219,8 @@ def create_app(ranker: Ranker, token: str | None = None, max_body_bytes: int | N
             return error(503, f"refusing to score: {exc}")
         metrics.requests.labels(endpoint="/score", code="200").inc()
         metrics.request_latency.observe(time.perf_counter() - t0)
-        # orjson: the same shortest round-trip text per float as json.dumps, ~20x faster (json.dumps
-        # of 1000 scores took 0.9 ms of the event loop's GIL time per request). orjson writes NaN
+        # orjson: the same shortest round-trip text per float as json.dumps, much faster on the event
+        # loop's GIL time (measurements: docs/serving.md, "Concurrency"). orjson writes NaN
         # as null; a non-finite score stays a 500, as with json.dumps(allow_nan=False) before.
         if not np.isfinite(res.scores).all():
             raise ValueError("the model produced a non-finite score")
