@@ -448,8 +448,20 @@ def _attempt_detail(attempt: dict[str, Any]) -> str:
 def export_source(
     source: ExportSource, out_dir: str | Path, cfg: ExportConfig, *, overwrite: bool = False
 ) -> ExportReport:
-    """Export, check parity, write the model directory atomically. Raises ParityError (nothing
-    published) when no exporter produces a graph that passes `check_parity`."""
+    """Export, check parity, write the model directory atomically.
+
+    Args:
+        source: the model and everything the manifest needs (`source_from_run`, or a test's own).
+        out_dir: the model directory to write (contract 5); nothing appears there unless parity holds.
+        cfg: exporter order, opset, parity batches and tolerance, float16/int8 variants.
+        overwrite: replace an existing `out_dir` (otherwise `OutputExistsError`).
+
+    Returns:
+        ExportReport: the exporter used, the parity record and the variants written.
+
+    Raises:
+        ParityError: no exporter produced a graph that passes `check_parity` (nothing published).
+    """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -748,7 +760,19 @@ def export_run(
     dataset_dir: str | Path | None = None,
     overwrite: bool = False,
 ) -> ExportReport:
-    """Export a training run directory to a model directory (see module docstring)."""
+    """Export a training run directory to a model directory (see module docstring).
+
+    Args:
+        run_dir: a `ranker.train.train` run directory (model.safetensors, feature_spec.json, run.json).
+        out_dir: the model directory to write (contract 5), atomically and only if parity holds.
+        cfg: the `export` settings.
+        dataset_dir: the dataset the lookup tables and validation rows come from (default: the one
+            recorded in run.json); its id must match the run's knowledge (ForeignKnowledgeError).
+        overwrite: replace an existing `out_dir`.
+
+    Returns:
+        ExportReport: see `export_source`.
+    """
     source = source_from_run(
         run_dir, dataset_dir=dataset_dir, valid_rows=cfg.variant_eval_rows, seed=cfg.parity_seed
     )

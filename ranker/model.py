@@ -122,6 +122,19 @@ class RankerModel(nn.Module):
 
 
 def build_model(spec: FeatureSpec, cfg: TrainConfig) -> RankerModel:
+    """The ranker for a feature spec and training settings (the one constructor train/export use).
+
+    Args:
+        spec: sparse features, scenario column and knowledge dimension (`ranker.features.build_spec`).
+        cfg: the `train` settings: backbone, use_llm, meta networks, embedding and hidden sizes.
+
+    Returns:
+        RankerModel in training mode; an untrained +LLM4MSR model scores exactly like its plain
+        backbone built from the same seed.
+
+    Raises:
+        ValueError: an unknown backbone, or use_llm with a knowledge dimension of 0.
+    """
     return RankerModel(spec, cfg)
 
 

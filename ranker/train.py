@@ -419,7 +419,21 @@ def train(
     *,
     overwrite: bool = False,
 ) -> RunResult:
-    """Train, pick the best LR/epoch on validation AUC, evaluate on test, write the run dir atomically."""
+    """Train, pick the best LR/epoch on validation AUC, evaluate on test, write the run dir atomically.
+
+    Args:
+        settings: resolved settings; `train` and `eval` are used (`data` only to record provenance).
+        data_dir: a dataset folder (`llm4msr data build`).
+        knowledge: a snapshot folder or an offline-store root (CURRENT); None for a plain model.
+        out: the run directory to write (layout in the module docstring).
+        overwrite: replace an existing `out` (otherwise `OutputExistsError`).
+
+    Returns:
+        RunResult: run directory, kept LR and epoch, best validation AUC, metrics and run.json info.
+
+    Raises:
+        ForeignKnowledgeError: the snapshot was built from another dataset id (see docs/ranker.md).
+    """
     cfg = settings.train
     torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
