@@ -198,8 +198,8 @@ def _http(
 ) -> dict:
     import httpx
 
+    from bench.redis_server import free_port
     from ranker.serving.artifact import load_artifact
-    from tests.fixtures.redis_server import free_port
 
     art = load_artifact(model_dir)
     users, items, scen = art.assembler.users.ids, art.assembler.items.ids, art.scenarios
@@ -321,10 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         args.requests, args.load_requests, args.load_seconds = 50, 200, 5.0
     args.out = args.out or str(REPO / "docs" / "benchmarks" / f"serving{'-quick' if args.quick else ''}.md")
     logging.basicConfig(level=logging.WARNING)
-    sys.path.insert(0, str(REPO))
+    from bench.redis_server import RedisServer
     from feature_store.materialize import materialize
     from llm4msr.config import StoreConfig
-    from tests.fixtures.redis_server import RedisServer
 
     sizes = [100, 1000]
     load_before = os.getloadavg()[0]

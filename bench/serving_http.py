@@ -175,7 +175,7 @@ class ServerProcess:
         start_timeout: float = 120.0,
         source: Path | None = None,
     ):
-        from tests.fixtures.redis_server import free_port
+        from bench.redis_server import free_port
 
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -674,11 +674,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPO / "docs" / "benchmarks" / "serving-http.md"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    sys.path.insert(0, str(REPO))
+    from bench.redis_server import RedisServer
     from bench.serving import _setup
     from feature_store.materialize import materialize
     from llm4msr.config import StoreConfig
-    from tests.fixtures.redis_server import RedisServer
 
     variants = args.variant or [ServerVariant("http")]
     clients = tuple(args.client.split(","))

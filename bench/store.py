@@ -126,10 +126,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import redis
 
+    from bench.redis_server import RedisServer
     from feature_store.materialize import load_entities, materialize
     from feature_store.online import open_store
     from llm4msr.config import StoreConfig
-    from tests.fixtures.redis_server import RedisServer
 
     overrides = {"write_chunk": args.write_chunk, "redis_bucket_fields": args.bucket_fields}
     cfg = StoreConfig(
@@ -383,7 +383,7 @@ def compare(before: Path, users: int, rounds: int, requests: int, out: Path, com
     import json
     import subprocess
 
-    from tests.fixtures.redis_server import RedisServer
+    from bench.redis_server import RedisServer
 
     load0 = os.getloadavg()
     sides = {"before": before.resolve(), "after": REPO}

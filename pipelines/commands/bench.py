@@ -28,13 +28,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import sys
-
-    from llm4msr.config import REPO_ROOT
-
-    # Benchmarks reuse the test fixtures' helpers (e.g. starting a private redis-server).
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     areas = AREAS if args.area == "all" else [args.area]
     status = 0
     for area in areas:
