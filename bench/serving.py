@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         "(float32 values, loopback). Every request = id lookup + ONE Redis read (user knowledge) + model.",
         "A request is one user in one scenario, so the model computes the generated meta-layer weights and "
         "STAR's per-scenario weights once (row 0) and applies them to every row "
-        "(`ranker.layers.uniform_or_per_row`; rows that differ are computed per row, same function).",
+        "(`ranker.layers.RowGroups`; rows that differ take the reference forward, same function).",
         "",
         "## Latency per request (ms)",
         "",
