@@ -56,6 +56,9 @@ class _Lazy:
 
 class RedisClusterStore(RedisStore):
     backend = "redis-cluster"
+    # RedisCluster reconnects and refreshes the topology by itself, and re-runs a failed node's
+    # pipelined commands one by one: a retry on top doubles the wait on a hung master.
+    read_retries = 0
 
     def _client(self, url: str, timeout_s: float, connect_timeout_s: float, retry: Any, **kwargs: Any) -> Any:
         from redis.cluster import RedisCluster

@@ -80,6 +80,7 @@ def group_by_bucket(entity_ids: Sequence[str], buckets: int) -> list[tuple[int, 
 
 class RedisStore(OnlineStore):
     backend = "redis"
+    read_retries = 1  # a read retried once on a fresh connection after a dropped one
 
     def __init__(self, url: str, cfg: StoreConfig):
         import redis
@@ -103,7 +104,11 @@ class RedisStore(OnlineStore):
         # Reads: a dropped connection (server restarted) is retried once on a fresh one; a timeout is
         # not (the batch reads as missing within timeout_ms).
         self._r = self._client(
-            url, read_s, read_s, Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)), **kwargs
+            url,
+            read_s,
+            read_s,
+            Retry(NoBackoff(), self.read_retries, supported_errors=(redis.ConnectionError,)),
+            **kwargs,
         )
         # Writes: store.retries retries of connection errors and timeouts, waiting backoff_ms, then
         # twice that, ... (ExponentialBackoff waits base * 2**failures, failures counted from 1).
