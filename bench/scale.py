@@ -167,7 +167,7 @@ def _knowledge_counts(root: Path) -> dict[str, Any]:
 
 def run_size(interactions: int, users: int, items: int, work: Path, args: argparse.Namespace) -> SizeRun:
     """Every stage at one size, in `work` (emptied first)."""
-    from tests.fixtures.redis_server import RedisServer
+    from bench.redis_server import RedisServer
 
     if work.exists():
         shutil.rmtree(work)

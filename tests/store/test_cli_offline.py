@@ -102,7 +102,8 @@ def test_offline_snapshots_publish_retain_rollback(tmp_path: Path, capsys: pytes
     assert main(["store", "snapshots", "--knowledge", str(root), "--rollback"]) == 0
     assert "v3 -> v2" in capsys.readouterr().out and store.current_id() == "v2"
     assert (
-        main(["store", "snapshots", "--knowledge", str(root), "--retain", "--set", "store.keep_versions=2"]) == 0
+        main(["store", "snapshots", "--knowledge", str(root), "--retain", "--set", "store.keep_versions=2"])
+        == 0
     )
     assert store.list_versions() == ["v2", "v3"]  # newest two kept; the current one never deleted
     with pytest.raises(SnapshotError, match="no previous version"):
