@@ -48,6 +48,9 @@ class RankerModel(nn.Module):
             hidden_dims=list(cfg.hidden_dims),
             dropout=cfg.dropout,
             scenario_field=spec.scenario_index,
+            scenario_knowledge_fields=[n_fields + int(meta.user_level)]
+            if concat and meta.scenario_level
+            else [],
             user_fields=[spec.index_of("user_id")],
             item_fields=[spec.index_of("item_id")],
         )

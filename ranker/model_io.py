@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from llm4msr.config import DataConfig, Settings, dump_config, load_config
-from llm4msr.errors import MissingInputError
+from llm4msr.errors import MissingInputError, UserError
 from llm4msr.secrets import redact_tree
 from ranker.features import SPEC_FILE, FeatureSpec
 from ranker.model import RankerModel, build_model
@@ -25,6 +25,10 @@ RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.parquet"
 VALID_PREDICTIONS_FILE = "valid_predictions.parquet"  # best model on the validation split (selection)
+
+
+class WeightsMismatchError(UserError, ValueError):
+    """A weights file from another model layout (other code or config): a clear error, not a traceback."""
 
 
 def save_weights(model: nn.Module, path: str | Path) -> None:
@@ -38,11 +42,21 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if not path.is_file():
         raise MissingInputError(f"weights file {path} does not exist")
     state = load_file(str(path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    resized = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or resized:
+        raise WeightsMismatchError(
+            f"{path}: weights do not match the model this code builds from the run's config "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]}, other shapes {resized[:3]}); the run was "
+            "made by other code (run.json: provenance.git_revision): retrain it, or load it with that code"
         )
+    model.load_state_dict(state)
 
 
 def load_run(run_dir: str | Path) -> tuple[RankerModel, FeatureSpec]:

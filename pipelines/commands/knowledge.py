@@ -161,6 +161,7 @@ def _show(args: argparse.Namespace) -> int:
     from feature_store.knowledge_snapshot import load_snapshot
     from feature_store.offline_store import OfflineStore
     from knowledge_service.runner import PROMPTS_FILE
+    from pipelines.explain import nearest
 
     folder = Path(args.knowledge or _cfg(args).snapshot_root)
     if not folder.exists():
@@ -194,18 +195,11 @@ def _show(args: argparse.Namespace) -> int:
         print(f"answer: {rows.answer[j]}")
     v = vecs[i]
     print(f"vector norm {float(np.linalg.norm(v)):.4f}")
-    if len(ids) > 1:
-        import faiss
-
-        x = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        index = faiss.IndexFlatIP(x.shape[1])
-        index.add(np.ascontiguousarray(x, dtype=np.float32))
-        k = min(args.k + 1, len(ids))
-        sims, nn = index.search(x[i : i + 1], k)
+    neighbours = nearest(ids, vecs, eid, args.k)
+    if neighbours:
         print(f"nearest {kind}s by cosine:")
-        for sim, n in zip(sims[0], nn[0], strict=True):
-            if n != i and n >= 0:
-                print(f"  {ids[n]:<24} {sim:.4f}")
+        for nb in neighbours:
+            print(f"  {nb.entity_id:<24} {nb.similarity:.4f}")
     return 0
 
 

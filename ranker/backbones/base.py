@@ -21,12 +21,19 @@ class BackboneContext:
     hidden_dims: list[int]
     dropout: float = 0.0
     scenario_field: int = 2  # which field holds the scenario embedding
+    scenario_knowledge_fields: list[int] = field(default_factory=list)  # concat mode: appended fields
     user_fields: list[int] = field(default_factory=lambda: [0])
     item_fields: list[int] = field(default_factory=lambda: [1])
 
     @property
     def in_dim(self) -> int:
         return self.n_fields * self.emb_dim
+
+    @property
+    def scenario_constant_fields(self) -> list[int]:
+        """Fields equal for every row of a scenario: per-scenario normalisation turns them into
+        rounding noise (STAR keeps them out of its tower)."""
+        return [self.scenario_field, *self.scenario_knowledge_fields]
 
 
 class Backbone(nn.Module):

@@ -48,8 +48,17 @@ class Star(Backbone):
     def __init__(self, ctx: BackboneContext):
         super().__init__(ctx)
         s = ctx.n_scenarios
-        self.norm = PartitionedNorm(s, ctx.in_dim)
-        dims = [ctx.in_dim, *ctx.hidden_dims]
+        # The tower sees the fields that vary within a scenario. A scenario-constant field is exactly
+        # its scenario's mean, so partitioned normalisation leaves rounding noise in training and
+        # (x - lagging running mean) / sqrt(eps) at inference; its gradient is noise that Adam turns
+        # into full-size steps. The scenario reaches the tower through the per-scenario weights and
+        # the logit through the auxiliary network.
+        constant = set(ctx.scenario_constant_fields)
+        tower = [f for f in range(ctx.n_fields) if f not in constant]
+        self.register_buffer("tower_fields", torch.tensor(tower, dtype=torch.long), persistent=False)
+        in_dim = len(tower) * ctx.emb_dim
+        self.norm = PartitionedNorm(s, in_dim)
+        dims = [in_dim, *ctx.hidden_dims]
         self.layers = nn.ModuleList(StarLinear(s, a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.dropout = nn.Dropout(ctx.dropout)
         self.out = StarLinear(s, dims[-1], 1)
@@ -58,7 +67,7 @@ class Star(Backbone):
     def forward(self, emb: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
         groups = RowGroups.build(self, (scenario,), scenario)
         ctx = groups.gather(scenario)
-        h = self.norm(emb.flatten(1), scenario)
+        h = self.norm(emb.index_select(1, self.tower_fields).flatten(1), scenario)
         for layer in self.layers:
             h = self.dropout(torch.relu(layer(h, ctx, groups)))
         main = self.out(h, ctx, groups).squeeze(-1)

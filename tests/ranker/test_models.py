@@ -295,3 +295,28 @@ def test_knowledge_dropout_trains_the_fallback(spec):
     assert model.user_meta is not None
     assert model.user_meta.fallback.fallback.grad is not None
     assert model.user_meta.fallback.fallback.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("use_llm", "meta"), VARIANTS, ids=["plain", "llm4msr", "concat", "full-gate"])
+def test_star_normalises_only_fields_that_vary_within_a_scenario(spec, use_llm, meta):
+    """A scenario-constant field equals its scenario's mean: partitioned normalisation would feed
+    the tower rounding noise in training and (x - lagging running mean) / sqrt(eps) at inference."""
+    model = build_model(spec, _cfg("star", use_llm, **meta))
+    star = model.backbone
+    constant = star.ctx.scenario_constant_fields
+    assert spec.scenario_index in constant
+    if meta.get("mode") == "concat":  # the appended scenario-knowledge field is constant too
+        assert len(constant) == 2
+    assert constant and not set(star.tower_fields.tolist()) & set(constant)
+    assert star.norm.gamma.shape[0] == (star.ctx.n_fields - len(constant)) * star.ctx.emb_dim
+    _warm(model, spec)
+    assert torch.isfinite(model(**example_inputs(spec, 16))).all()
+
+
+def test_weights_of_another_layout_are_a_clear_error(spec, tmp_path):
+    from ranker.model_io import WeightsMismatchError, load_weights, save_weights
+
+    save_weights(build_model(spec, _cfg("star", False)), tmp_path / "w.safetensors")
+    other = build_model(spec, _cfg("star", False).model_copy(update={"hidden_dims": [16, 4]}))
+    with pytest.raises(WeightsMismatchError, match=r"w\.safetensors: weights do not match.*git_revision"):
+        load_weights(other, tmp_path / "w.safetensors")
