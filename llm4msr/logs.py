@@ -23,8 +23,9 @@ import logging
 import logging.config
 import os
 import re
+import sys
 import warnings
-from typing import Any
+from typing import Any, TextIO
 
 from llm4msr.errors import UserError
 
@@ -96,6 +97,23 @@ class _ByOrigin(logging.Filter):
         return record.levelno >= self.third_party
 
 
+class CurrentStderr(logging.StreamHandler):
+    """A handler on whatever `sys.stderr` is when a record is emitted, never the stream of setup
+    time: a caller that swaps stderr (pytest's capture, a notebook, a redirect) and closes its
+    stream later must not leave every later log call writing to a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:  # StreamHandler.__init__/setStream assign it
+        pass
+
+
 def resolve_level(level: str | None = None, *, quiet: bool = False, verbose: bool = False) -> str:
     """The project log level from --quiet/--verbose/--log-level or LLM4MSR_LOG_LEVEL."""
     if quiet and verbose:
@@ -141,8 +159,7 @@ def logging_config(level: str) -> dict[str, Any]:
         },
         "handlers": {
             "stderr": {
-                "class": "logging.StreamHandler",
-                "stream": "ext://sys.stderr",
+                "()": CurrentStderr,
                 "formatter": "plain",
                 "filters": ["by_origin"],
             }

@@ -156,3 +156,22 @@ def test_logging_project_info_third_party_warnings_each_once() -> None:
     lines = out.stderr.strip().splitlines()
     shown = [ln.split(": ", 1)[1] for ln in lines]
     assert shown == ["project info", "httpx warning", "shard 0 encoded"], out.stderr
+
+
+def test_logging_follows_stderr_swapped_and_closed_after_setup(monkeypatch, capsys) -> None:
+    """A command run under a swapped stderr (pytest's capture, a notebook) must not leave the
+    handler on that stream: once it is closed, later log calls anywhere would fail."""
+    import io
+    import logging
+
+    from llm4msr.logs import setup_logging
+
+    swapped = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", swapped)
+    setup_logging("INFO")
+    logging.getLogger("ranker.probe").info("during")
+    assert "ranker.probe: during" in swapped.getvalue()
+    monkeypatch.undo()
+    swapped.close()
+    logging.getLogger("ranker.probe").info("after")
+    assert "ranker.probe: after" in capsys.readouterr().err
