@@ -451,6 +451,7 @@ def encode_shard(kp: KnowledgePlan, shard_index: int, backend: Backend | None = 
         )  # similar lengths per batch
         n_batches = -(-len(order) // cfg.batch_size)
         bar = progress(len(recs), f"shard {shard_index}", "prompt", logger=log)
+        t_shard, gen_tokens, gen_seconds = time.perf_counter(), 0, 0.0
         for b, start in enumerate(range(0, len(order), cfg.batch_size)):
             idx = order[start : start + cfg.batch_size]
             ids = [recs[j].token_ids for j in idx]
@@ -460,6 +461,7 @@ def encode_shard(kp: KnowledgePlan, shard_index: int, backend: Backend | None = 
                 t0 = time.perf_counter()
                 gen = [g[:r] for g, r in zip(backend.generate(ids, max(1, min(room))), room, strict=True)]
                 dt, n_new = time.perf_counter() - t0, sum(len(g) for g in gen)
+                gen_tokens, gen_seconds = gen_tokens + n_new, gen_seconds + dt
                 log.debug(  # per batch; the progress line reports at INFO
                     "%s: generated %d answers, %d new tokens (prompts %d tokens) in %.1fs: %.1f tokens/s",
                     where,
@@ -500,6 +502,20 @@ def encode_shard(kp: KnowledgePlan, shard_index: int, backend: Backend | None = 
             )
             bar.update(len(idx))
         bar.close()
+        took = time.perf_counter() - t_shard
+        generated = (
+            f"; generated {gen_tokens} answer tokens at {gen_tokens / max(gen_seconds, 1e-9):.1f} tokens/s"
+            if cfg.two_pass
+            else ""
+        )
+        log.info(
+            "shard %d: %d prompts in %.1fs (%.1f prompts/s%s)",
+            shard_index,
+            len(recs),
+            took,
+            len(recs) / max(took, 1e-9),
+            generated,
+        )
     if not np.isfinite(vectors).all():
         raise KnowledgeError(f"shard {shard_index}: the model produced NaN or inf vectors")
     table = pa.table(
