@@ -13,6 +13,7 @@ serve -> serving runtime, pipelines -> Prefect flows). Add fields to the section
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -339,6 +340,29 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
+# Settings that were removed, and why. Run directories, manifests and users' files written before
+# the removal still hold them: they are dropped with a warning, so old runs stay loadable.
+RETIRED_KEYS: dict[str, str] = {
+    "export.models_dir": "nothing read it; exported models go to --out / the registry",
+    "pipelines.task_timeout_seconds": "a thread task's timeout cannot interrupt it; limit the process",
+}
+
+
+_RETIRED_SEEN: set[str] = set()  # warn once per key and process (a benchmark reads many old runs)
+
+
+def _drop_retired(tree: dict[str, Any], source: Path) -> None:
+    for key, why in RETIRED_KEYS.items():
+        section, _, name = key.partition(".")
+        if isinstance(tree.get(section), dict) and name in tree[section]:
+            del tree[section][name]
+            if key not in _RETIRED_SEEN:
+                _RETIRED_SEEN.add(key)
+                logging.getLogger(__name__).warning(
+                    "config file %s: ignoring retired %s (%s)", source, key, why
+                )
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None, *, base: dict[str, Any] | None = None
 ) -> Settings:
@@ -359,6 +383,7 @@ def load_config(
             raise ConfigError(
                 f"config file {p}: expected a mapping at the top level, got {type(loaded).__name__}"
             )
+        _drop_retired(loaded, p)
         tree = _deep_merge(tree, loaded)
     for assignment in overrides or []:
         _apply_override(tree, assignment)

@@ -55,3 +55,23 @@ def test_missing_and_malformed_files(tmp_path: Path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(bad)
+
+
+def test_retired_keys_of_old_run_configs_are_dropped_with_a_warning(tmp_path: Path, caplog, monkeypatch):
+    """A run directory written before a setting was removed must still load (export, explain,
+    benchmark reuse); an unknown key that was never a setting is still an error."""
+    import llm4msr.config
+
+    monkeypatch.setattr(llm4msr.config, "_RETIRED_SEEN", set())  # warned once per process
+    old = yaml.safe_load(dump_config(Settings()))
+    old["export"]["models_dir"] = "artifacts/models"
+    old["pipelines"]["task_timeout_seconds"] = 3600
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old))
+    with caplog.at_level("WARNING", logger="llm4msr.config"):
+        assert load_config(path) == Settings()
+    assert "ignoring retired export.models_dir" in caplog.text and "task_timeout_seconds" in caplog.text
+    old["export"]["no_such_key"] = 1
+    path.write_text(yaml.safe_dump(old))
+    with pytest.raises(ConfigError, match="export.no_such_key"):
+        load_config(path)
