@@ -94,7 +94,11 @@ def test_shards_together_are_the_train_split(grouped: tuple[Path, Path], tiny_da
 def test_synchronised_partitioned_norm_is_the_layer(tmp_path: Path) -> None:
     """The rank-summed STAR statistics mirror ranker/layers.py: with one rank, outputs, gradients
     and running statistics equal the layer's own forward."""
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    # vLLM, loaded earlier in the same pytest process, may already hold a 1-process default group.
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    assert dist.get_world_size() == 1
     try:
         torch.manual_seed(0)
         ref = PartitionedNorm(3, 5)
@@ -118,7 +122,8 @@ def test_synchronised_partitioned_norm_is_the_layer(tmp_path: Path) -> None:
             torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=1e-6, msg=name)
         torch.testing.assert_close(ref.running_var, synced.running_var, rtol=0, atol=1e-7)
     finally:
-        dist.destroy_process_group()
+        if created:
+            dist.destroy_process_group()
 
 
 def test_outside_torchrun_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
