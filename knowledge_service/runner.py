@@ -430,6 +430,7 @@ def encode_shard(kp: KnowledgePlan, shard_index: int, backend: Backend | None = 
     recs = [kp.prompts[i] for i in kp.shards[shard_index]]
     vectors = np.zeros((len(recs), kp.raw_dimension), dtype=np.float32)
     answers: list[str | None] = [None] * len(recs)
+    rate = ""  # throughput, when the shard has prompts
     if recs:
         backend = backend or backend_for(kp)
         tokenizer = load_tokenizer(Path(kp.model_path)) if cfg.two_pass else None
@@ -503,19 +504,10 @@ def encode_shard(kp: KnowledgePlan, shard_index: int, backend: Backend | None = 
             bar.update(len(idx))
         bar.close()
         took = time.perf_counter() - t_shard
-        generated = (
-            f"; generated {gen_tokens} answer tokens at {gen_tokens / max(gen_seconds, 1e-9):.1f} tokens/s"
-            if cfg.two_pass
-            else ""
-        )
-        log.info(
-            "shard %d: %d prompts in %.1fs (%.1f prompts/s%s)",
-            shard_index,
-            len(recs),
-            took,
-            len(recs) / max(took, 1e-9),
-            generated,
-        )
+        rate = f" in {took:.1f}s ({len(recs) / max(took, 1e-9):.1f} prompts/s"
+        if cfg.two_pass:
+            rate += f"; generated {gen_tokens} answer tokens at {gen_tokens / max(gen_seconds, 1e-9):.1f} tokens/s"
+        rate += ")"
     if not np.isfinite(vectors).all():
         raise KnowledgeError(f"shard {shard_index}: the model produced NaN or inf vectors")
     table = pa.table(
@@ -533,7 +525,7 @@ def encode_shard(kp: KnowledgePlan, shard_index: int, backend: Backend | None = 
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     write_bytes_atomic(path, sink.getvalue().to_pybytes())
-    log.info("shard %d: encoded %d prompts -> %s", shard_index, len(recs), path)
+    log.info("shard %d: encoded %d prompts%s -> %s", shard_index, len(recs), rate, path)
     return path
 
 
