@@ -159,15 +159,14 @@ def _show(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from feature_store.knowledge_snapshot import load_snapshot
-    from feature_store.offline_store import OfflineStore
     from knowledge_service.runner import PROMPTS_FILE
     from pipelines.explain import nearest
+    from ranker.knowledge import resolve_snapshot
 
     folder = Path(args.knowledge or _cfg(args).snapshot_root)
     if not folder.exists():
         raise UserError(f"knowledge snapshot {folder} does not exist (--knowledge DIR)")
-    if not (folder / "manifest.json").is_file() and (folder / "CURRENT").is_file():
-        folder = OfflineStore(folder).current_path()
+    folder = resolve_snapshot(folder)
     snap = load_snapshot(folder)
     kind, eid = ("user", args.user) if args.user is not None else ("scenario", args.scenario)
     ids, vecs = snap.vectors_of(kind)

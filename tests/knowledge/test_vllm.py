@@ -113,7 +113,7 @@ def test_cli_build_and_show_synthetic(small_dataset_dir: Path, tmp_path: Path, c
     assert f"user {uid}" in shown and "vector norm" in shown and "nearest users by cosine" in shown
     assert "Question: what are this user's interests" in shown
     assert cli_main(["knowledge", "show", "--knowledge", str(tmp_path), "--user", uid]) == 2
-    assert "is not a knowledge snapshot" in capsys.readouterr().err
+    assert "is neither a knowledge snapshot" in capsys.readouterr().err
 
 
 def test_cli_build_movielens_100k(tmp_path: Path, capsys: pytest.CaptureFixture):
