@@ -62,7 +62,7 @@ def build_dataset(cfg: DataConfig, *, check: bool = True) -> CanonicalDataset:
         )
     t0 = time.perf_counter()
     raw = get_adapter(cfg.dataset).load(cfg)
-    log.info("loaded %s in %.1fs", cfg.dataset, time.perf_counter() - t0)
+    log.debug("loaded %s in %.1fs", cfg.dataset, time.perf_counter() - t0)
     return build_from_raw(cfg, raw, check=check)
 
 
@@ -104,7 +104,7 @@ def build_from_raw(cfg: DataConfig, raw: RawData, *, check: bool = True) -> Cano
     )
     if check:
         validate(ds, source=source)
-    log.info(
+    log.debug(
         "built %s: %s interactions (split, cutoffs, vocabularies) in %.1fs",
         cfg.dataset,
         f"{inter.height:,}",

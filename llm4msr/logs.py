@@ -68,6 +68,7 @@ _ENV_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # the temporary server's telemetry service
     "DO_NOT_TRACK": "1",  # Prefect's client-side SDK analytics
     "VLLM_CONFIGURE_LOGGING": "0",  # vLLM logs through our handler, not its own
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" bar (local weights, milliseconds)
 }
 _ENV_QUIET_LIBS = {
     "TORCH_LOGS": "-all",  # torch's own handler (e.g. "Triton not available") from ERROR

@@ -2,7 +2,8 @@
 
 Nightly flows, CI and `nohup` runs have no terminal, and a disabled bar leaves a 40-minute
 knowledge build silent; there the same calls log "desc: done/total (pct), rate, ETA" at most
-every `log_every` seconds (and once at the end).
+every `log_every` seconds. The end is not logged: every caller logs one completion line of its own
+(an epoch's metrics, a shard's throughput, a store write), and a "100%" line before it says nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class LogProgress:
 
     def __init__(self, total: int | None, desc: str, unit: str, logger: logging.Logger, log_every: float):
         self.total, self.desc, self.unit, self.log, self.every = total, desc, unit, logger, log_every
-        self.n = self.shown = 0  # shown: the count last logged (the end is logged once)
+        self.n = 0
         self.t0 = self.last = time.monotonic()
         self.closed = False
 
@@ -33,7 +34,6 @@ class LogProgress:
             self._emit(now)
 
     def _emit(self, now: float) -> None:
-        self.shown = self.n
         rate = self.n / max(now - self.t0, 1e-9)
         if self.total:
             eta = (self.total - self.n) / rate if rate > 0 else float("inf")
@@ -45,18 +45,30 @@ class LogProgress:
             self.log.info("%s: %d %s, %.1f %s/s", self.desc, self.n, self.unit, rate, self.unit)
 
     def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            now = time.monotonic()
-            # Short loops stay quiet; a count already logged by update() is not logged twice.
-            if now - self.t0 >= self.every and self.n != self.shown:
-                self._emit(now)
+        self.closed = True  # the caller logs the completion (see the module docstring)
 
     def __enter__(self) -> LogProgress:
         return self
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.close()
+
+
+class Throttle:
+    """Level for a stream of per-step summary lines (one per epoch): INFO at most every `every`
+    seconds, so slow loops report each step and fast ones stay on one line per loop; the rest at
+    DEBUG (`--verbose` shows them all). The first step is INFO only when it was itself slow."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        self.every = every
+        self.last = time.monotonic()
+
+    def level(self) -> int:
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            return logging.INFO
+        return logging.DEBUG
 
 
 def progress(

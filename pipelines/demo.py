@@ -22,7 +22,7 @@ from typing import Any
 from llm4msr.atomic import write_json_atomic
 from llm4msr.config import Settings, load_config
 from llm4msr.secrets import redact
-from pipelines.flows.results import KnowledgeFlowResult, TrainFlowResult, to_json
+from pipelines.flows.results import KnowledgeFlowResult, TrainFlowResult, timings_text, to_json
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,14 @@ def summary_lines(s: DemoSummary) -> list[str]:
     """The demo's closing summary (what a person reads): metrics, what was written where, requests."""
     know, train = s.knowledge, s.train
     cfg = s.settings
-    lines = [f"== LLM4MSR demo finished in {s.seconds_total:.1f}s", ""]
+    lines = [f"== LLM4MSR demo finished in {s.seconds_total:.1f}s"]
+    # the flows' stage times, printed once here rather than as one log line per stage
+    lines += [
+        f"  {name:<16}seconds {timings_text(timings)}"
+        for name, timings in (("knowledge flow", know.timings), ("train flow", train.timings))
+        if timings
+    ]
+    lines.append("")
     variants = variant_metrics(train)
     backbone = cfg.train.backbone
     if variants:

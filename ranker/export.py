@@ -80,7 +80,16 @@ class ExportReport:
     seconds: float
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
+    def headline(self) -> str:
+        """The export as one log line: where, how, and the parity verdict with its worst difference."""
+        return (
+            f"exported {self.model_dir} with the {self.exporter} exporter in {self.seconds:.1f}s; parity "
+            f"{'passed' if self.parity['passed'] else 'FAILED'} over {len(self.parity['cases'])} batches "
+            f"({parity_line(self.parity)})"
+        )
+
     def summary(self) -> str:
+        """The full report `llm4msr export` prints: inputs, parity and each variant on its own line."""
         lines = [
             f"exported {self.model_dir} with the {self.exporter} exporter in {self.seconds:.1f}s",
             f"inputs: {', '.join(i['name'] for i in self.inputs)}",
@@ -573,7 +582,7 @@ def export_source(
         seconds=time.perf_counter() - t0,
         attempts=attempts,
     )
-    log.info("%s", report.summary())
+    log.info("%s", report.headline())
     return report
 
 

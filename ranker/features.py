@@ -233,5 +233,5 @@ def build_spec(ds: CanonicalDataset, knowledge_dim: int) -> FeatureSpec:
             name = f"item_attr_{col}"
         add(name, "item", col, train_items[col])
     spec = FeatureSpec(features=feats, scenario_index=2, knowledge_dim=int(knowledge_dim), vocabs=vocabs)
-    log.info("feature spec: %s", ", ".join(f"{f.name}({f.vocab_size})" for f in feats))
+    log.debug("feature spec: %s", ", ".join(f"{f.name}({f.vocab_size})" for f in feats))
     return spec

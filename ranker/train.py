@@ -39,7 +39,7 @@ from feature_store.knowledge_snapshot import check_dataset
 from llm4msr.atomic import atomic_directory, write_json_atomic, write_text_atomic
 from llm4msr.config import ConfigError, EvalConfig, Settings
 from llm4msr.errors import OutputExistsError
-from llm4msr.progress import progress
+from llm4msr.progress import Throttle, progress
 from llm4msr.provenance import provenance
 from ranker import metrics as M
 from ranker.features import SPEC_FILE, FeatureSpec, build_spec
@@ -305,6 +305,7 @@ def _fit(
     sched = _scheduler(opt, cfg.lr_schedule, cfg.epochs, steps)
     history: list[dict[str, Any]] = []
     best_state, best_auc, best_epoch, bad = None, -1.0, 0, 0
+    epoch_lines = Throttle()  # one line per epoch when epochs are slow; else the run's line says it
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
@@ -345,8 +346,14 @@ def _fit(
             "seconds": seconds,
         }
         history.append(rec)
-        log.info(
-            "lr=%g epoch %d: loss %.4f valid AUC %.4f (%.1fs)", lr, epoch, rec["train_loss"], v_auc, seconds
+        log.log(
+            epoch_lines.level(),
+            "lr=%g epoch %d: loss %.4f valid AUC %.4f (%.1fs)",
+            lr,
+            epoch,
+            rec["train_loss"],
+            v_auc,
+            seconds,
         )
         if ckpt_dir is not None:
             for old in ckpt_dir.glob("epoch_*.safetensors"):
@@ -360,7 +367,7 @@ def _fit(
         else:
             bad += 1
             if bad >= cfg.patience:
-                log.info("early stop after epoch %d (best %d)", epoch, best_epoch)
+                log.debug("early stop after epoch %d (best %d)", epoch, best_epoch)
                 break
     assert best_state is not None
     if best_epoch == cfg.epochs and cfg.epochs > 1:
@@ -595,12 +602,15 @@ def train_and_write(
         write_json_atomic(tmp / METRICS_FILE, metrics)
         write_json_atomic(tmp / RUN_FILE, run_info)
     log.info(
-        "run %s: %s use_llm=%s lr=%g best epoch %d, test AUC %.4f",
+        "run %s: %s use_llm=%s lr=%g best epoch %d of %d (valid AUC %.4f, %.1fs/epoch), test AUC %.4f",
         out,
         cfg.backbone,
         cfg.use_llm,
         lr,
         best_epoch,
+        len(history),
+        best_auc,
+        run_info["timings"]["mean_epoch_seconds"] or 0.0,
         final["overall"]["auc"],
     )
     return RunResult(

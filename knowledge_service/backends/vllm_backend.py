@@ -74,7 +74,7 @@ class VllmBackend(Backend):
             kwargs["pooler_config"] = PoolerConfig(pooling_type=self.pooling, use_activation=False)
         else:  # two-pass prompts share the template's instruction text (and the chat preamble)
             kwargs["enable_prefix_caching"] = True
-        log.info(
+        log.debug(
             "loading %s into vLLM (runner=%s, pooling=%s, max_model_len=%d)",
             self.info.model_id,
             runner,

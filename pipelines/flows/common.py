@@ -242,7 +242,8 @@ def results_folder(settings: Settings) -> str:
 
 
 class StageTimer:
-    """Collects wall time per stage and logs one line per stage (what was done, how long)."""
+    """Collects wall time per stage for the flow's result (its `timings`, printed by the summaries);
+    each stage's own line says what it did, so the time goes to DEBUG only."""
 
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
@@ -254,7 +255,7 @@ class StageTimer:
             yield
         finally:
             self.timings[name] = round(time.perf_counter() - t0, 3)
-            run_logger().info("stage %s took %.2fs", name, self.timings[name])
+            run_logger().debug("stage %s took %.2fs", name, self.timings[name])
 
 
 def fail_shard_hook(shard_index: int) -> None:

@@ -119,7 +119,7 @@ def locate_dataset(data: dict[str, Any], build_if_missing: bool) -> DatasetRef:
 
         t0 = time.perf_counter()
         build_and_write(cfg, out)
-        logger.info("built canonical dataset %s at %s in %.1fs", cfg.dataset, out, time.perf_counter() - t0)
+        logger.debug("built canonical dataset %s at %s in %.1fs", cfg.dataset, out, time.perf_counter() - t0)
     dig = folder_digest(out)
     logger.info("canonical dataset %s (content id %s)", out, dig)
     return DatasetRef(path=str(out.resolve()), digest=dig)
@@ -166,7 +166,7 @@ def plan_knowledge(
         base_snapshot_id=base_id,
         unchanged=unchanged,
     )
-    run_logger().info(
+    run_logger().debug(  # knowledge_service.runner logs the plan
         "plan %s: %d prompts, %d to encode in %d shards (%d already committed), %d carried over from %s%s",
         kp.run_key,
         len(kp.prompts),
@@ -207,7 +207,7 @@ def encode_shard(
     path = Path(runner.encode_shard(kp, shard_index))
     seconds = time.perf_counter() - t0
     n = len(kp.shards[shard_index])
-    run_logger().info("shard %d: %d prompts encoded in %.2fs -> %s", shard_index, n, seconds, path.name)
+    run_logger().debug("shard %d: %d prompts encoded in %.2fs -> %s", shard_index, n, seconds, path.name)
     return ShardResult(
         shard=shard_index, n=n, path=str(path), sha256=file_digest(path), seconds=round(seconds, 3)
     )
@@ -283,7 +283,7 @@ def materialize_online(
 
     cfg = StoreConfig.model_validate(store)
     report = materialize(Path(snapshot_dir), store_url, cfg)
-    run_logger().info(
+    run_logger().debug(  # feature_store.materialize logs the write
         "materialized %s into %s (%s): %d keys written, %d skipped in %.2fs%s",
         snapshot_id,
         report.store,

@@ -273,9 +273,13 @@ class TrainFlowResult(JsonResult):
         return lines
 
 
+def timings_text(timings: dict[str, float]) -> str:
+    """Total and per-stage seconds on one line: `12.3 (data 0.1, plan 0.2, encode 12.0)`."""
+    return f"{sum(timings.values()):.1f} (" + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + ")"
+
+
 def _timings_line(timings: dict[str, float]) -> str:
-    total = sum(timings.values())
-    return f"  seconds    {total:.1f} (" + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + ")"
+    return f"  seconds    {timings_text(timings)}"
 
 
 FlowResult = KnowledgeFlowResult | TrainFlowResult

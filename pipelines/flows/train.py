@@ -148,7 +148,9 @@ def train_ranker(
         run_dir, selection = chosen.kept.run_dir, chosen.decision.to_dict()  # ranker.selection logs it
     else:
         run_dir = train(settings, Path(dataset_dir), knowledge_dir, out).run_dir
-    run_logger().info("trained %s in %.1fs -> %s", settings.train.backbone, time.perf_counter() - t0, run_dir)
+    run_logger().debug(
+        "trained %s in %.1fs -> %s", settings.train.backbone, time.perf_counter() - t0, run_dir
+    )
     return TrainedRun(
         run_dir=str(run_dir),
         weights_sha256=file_digest(Path(run_dir) / "model.safetensors"),
@@ -165,7 +167,9 @@ def evaluate_run(run_dir: str) -> Evaluation:
     metrics = json.loads(path.read_text())
     auc = validation_auc(metrics)
     final = metrics.get("final", {}) if isinstance(metrics.get("final"), dict) else {}
-    run_logger().info("run %s: validation AUC %s", Path(run_dir).name, "n/a" if auc is None else f"{auc:.4f}")
+    run_logger().debug(
+        "run %s: validation AUC %s", Path(run_dir).name, "n/a" if auc is None else f"{auc:.4f}"
+    )
     return Evaluation(valid_auc=auc, final=final)
 
 
@@ -189,7 +193,7 @@ def export_model(
         run_logger().info("export %s already present; reusing it", out)
         return ExportedModel(model_dir=str(out), parity=parity, exporter=manifest.get("exporter"))
     report = export_run(Path(run_dir), out, ExportConfig.model_validate(export), dataset_dir=dataset_dir)
-    # ranker.export logs report.summary() itself: each event is logged once
+    # ranker.export logs report.headline() itself: each event is logged once
     return ExportedModel(model_dir=str(report.model_dir), parity=report.parity, exporter=report.exporter)
 
 

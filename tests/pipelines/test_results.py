@@ -208,7 +208,11 @@ def test_demo_summary_table(tmp_path: Path) -> None:
         "  overall           0.6800        0.7000         0.3000            0.3000  +0.0200",
     ]
     assert lines[start + 5] == "  kept: +LLM4MSR beyond 2 SE"
-    assert lines[0] == "== LLM4MSR demo finished in 12.5s"
+    assert lines[:3] == [
+        "== LLM4MSR demo finished in 12.5s",
+        "  knowledge flow  seconds 1.3 (data 0.1, plan 0.2, encode 1.0)",
+        "  train flow      seconds 2.0 (train 2.0)",
+    ]
     written = lines[lines.index("written:") + 1 : lines.index("written:") + 8]
     assert [w.split()[0] for w in written] == [
         "dataset",
