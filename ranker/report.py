@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 PLAIN = "plain"
 LLM = "+LLM4MSR"
+SELECTED = "+LLM4MSR (select=auto)"  # per seed: the run train.select=auto would have kept
 NO_BACKBONE = "–"  # the baseline's backbone cell
 MeanStd = tuple[float, float, int]  # ranker.metrics.mean_std: (mean, sample std, n)
 
@@ -61,6 +62,8 @@ def variant_name(info: dict[str, Any]) -> str:
     or the baseline."""
     if info.get("kind") == BASELINE_KIND:
         return BASELINE_VARIANT
+    if info.get("selected_from"):
+        return SELECTED
     if not info.get("use_llm"):
         return PLAIN
     meta = info.get("meta") or {}
@@ -90,6 +93,33 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
                     c, json.loads((c / RUN_FILE).read_text()), json.loads((c / METRICS_FILE).read_text())
                 )
     return [found[k] for k in sorted(found)]
+
+
+def selected_runs(runs: list[Run], min_z: float = 2.0) -> list[Run]:
+    """What production ships (`train.select=auto`), as a variant of its own: for each dataset,
+    backbone and seed with a plain and a +LLM4MSR run, the run `ranker.selection.select_variant`
+    keeps on validation (DeLong, +LLM4MSR only beyond `min_z` SE; test rows never used). Costs no
+    training: both runs already hold their validation predictions. Pairs without them are skipped."""
+    from ranker.model_io import VALID_PREDICTIONS_FILE
+    from ranker.selection import LLM as KEEP_LLM
+    from ranker.selection import select_variant
+
+    pairs: dict[tuple[str, str, int], dict[str, Run]] = {}
+    for r in runs:
+        if r.variant in (PLAIN, LLM):
+            pairs.setdefault((r.key[0], r.key[1], r.info["seed"]), {})[r.variant] = r
+    out = []
+    for key in sorted(pairs):
+        plain, llm = pairs[key].get(PLAIN), pairs[key].get(LLM)
+        if plain is None or llm is None:
+            continue
+        if not all((r.path / VALID_PREDICTIONS_FILE).is_file() for r in (plain, llm)):
+            continue
+        decision = select_variant(plain.path, llm.path, min_z)
+        kept = llm if decision.keep == KEEP_LLM else plain
+        info = {**kept.info, "selected_from": decision.to_dict()}
+        out.append(Run(kept.path, info, kept.metrics))
+    return out
 
 
 def summarize(runs: list[Run]) -> list[dict[str, Any]]:

@@ -84,3 +84,28 @@ def test_cli_select_auto_trains_both_and_records_the_decision(tmp_path, tiny_dat
     assert json.loads((out / PLAIN / "run.json").read_text())["use_llm"] is False
     assert "validation AUC" in capsys.readouterr().out
     assert cli([*args, "--seeds", "0,1", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_selected_runs_are_the_runs_selection_keeps(tiny_data, tiny_knowledge, tmp_path):
+    """The benchmark's `+LLM4MSR (select=auto)` variant: per seed, the run select_variant keeps,
+    with that run's own test metrics (no retraining, no test rows in the decision)."""
+    from ranker.report import LLM as LLM_VARIANT
+    from ranker.report import PLAIN as PLAIN_VARIANT
+    from ranker.report import SELECTED, find_runs, selected_runs
+    from ranker.train import train
+
+    train(fast_settings("train.use_llm=false"), tiny_data, None, tmp_path / "plain")
+    train(fast_settings("train.use_llm=true"), tiny_data, tiny_knowledge, tmp_path / "llm")
+    runs = find_runs([tmp_path])
+    by_variant = {r.variant: r for r in runs}
+    assert set(by_variant) == {PLAIN_VARIANT, LLM_VARIANT}
+    for min_z, kept in ((1e9, PLAIN_VARIANT), (-1e9, LLM_VARIANT)):
+        (chosen,) = selected_runs(runs, min_z=min_z)
+        assert chosen.variant == SELECTED and chosen.path == by_variant[kept].path
+        assert chosen.metrics == by_variant[kept].metrics
+        decision = chosen.info["selected_from"]
+        assert decision["keep"] == (PLAIN if kept == PLAIN_VARIANT else LLM)
+        assert decision["min_z"] == min_z
+    # a pair without validation predictions (runs written before they were dumped) is skipped
+    (by_variant[LLM_VARIANT].path / VALID_PREDICTIONS_FILE).unlink()
+    assert selected_runs(runs) == []
