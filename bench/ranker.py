@@ -27,6 +27,14 @@ length in the row's scenario, multi- vs single-scenario users) and a ΔAUC plot.
 and runs (under WORK/NAME[-random]+data-<hash>, report ranker-<datasets>[-random]+data-<hash>.md);
 a data.split.strategy that contradicts --protocol is an error. The report states the split each
 dataset actually has, read from its manifest. data.dataset/path/out are refused.
+
+`--set knowledge.*` settings (encoder model, pooling, two-pass and its vector rule, ...) build
+their own snapshot (WORK/NAME[-random][+data-<hash>]/knowledge+knowledge-<hash>) and their own
++LLM4MSR runs (runs+knowledge-<hash>), so runs made with one encoder are never reused for
+another; the plain runs and the baseline do not read knowledge and stay shared (WORK/.../runs),
+so every encoder is compared against the same plain runs. The report is named with the same
++knowledge-<hash> suffix and states the encoder settings read from the snapshot's manifest.
+knowledge.snapshot_root and knowledge.backend are refused (use --work, --knowledge-backend).
 """
 
 from __future__ import annotations
@@ -143,6 +151,94 @@ def data_overrides(overrides: list[str]) -> list[str]:
     return out
 
 
+# The benchmark places snapshots itself and picks the backend with --knowledge-backend.
+FIXED_KNOWLEDGE_KEYS = ("knowledge", "knowledge.snapshot_root", "knowledge.backend")
+
+
+def knowledge_overrides(overrides: list[str]) -> list[str]:
+    """The `knowledge.*` entries of --set; the fixed keys are refused (the bench places snapshots)."""
+    out = []
+    for o in overrides:
+        key = o.split("=", 1)[0].strip()
+        if key in FIXED_KNOWLEDGE_KEYS:
+            raise ConfigError(
+                f"bench ranker: --set {o}: {key} is chosen by the benchmark (snapshots live under --work, "
+                "the backend is --knowledge-backend)"
+            )
+        if key.startswith("knowledge."):
+            out.append(o)
+    return out
+
+
+def knowledge_config(overrides: list[str], backend: str, snapshot_root: Path) -> KnowledgeConfig:
+    """The knowledge section a benchmark snapshot is built with: the defaults, the backend, then
+    every knowledge.* override (a misspelled key is an error before anything is built)."""
+    sets = [f"knowledge.backend={backend}", *knowledge_overrides(overrides)]
+    return load_config(overrides=[*sets, f"knowledge.snapshot_root={snapshot_root}"]).knowledge
+
+
+def knowledge_tag(overrides: list[str]) -> str:
+    """Suffix of knowledge snapshots, +LLM4MSR run folders and reports: none for the shipped
+    encoder settings, else +knowledge-<hash of the knowledge overrides>."""
+    extra = sorted(knowledge_overrides(overrides))
+    return f"+knowledge-{sha256_text(repr(extra))[:8]}" if extra else ""
+
+
+def knowledge_root(root: Path, overrides: list[str]) -> Path:
+    """ROOT/knowledge[+knowledge-<hash>]: one snapshot root per encoder setting."""
+    return root / f"knowledge{knowledge_tag(overrides)}"
+
+
+def runs_dir(root: Path, overrides: list[str], use_llm: bool) -> Path:
+    """ROOT/runs for plain runs and the baseline (they do not read knowledge), and
+    ROOT/runs[+knowledge-<hash>] for +LLM4MSR runs."""
+    return root / f"runs{knowledge_tag(overrides) if use_llm else ''}"
+
+
+def bench_runs(root: Path, overrides: list[str], backbones: list[str], seeds: list[int]) -> list:
+    """The runs of one dataset a report compares: the baseline, the shared plain runs and the
+    +LLM4MSR runs of these knowledge settings (never another encoder's)."""
+    from ranker.report import find_runs
+
+    runs = find_runs([root / "runs"])
+    llm_dir = runs_dir(root, overrides, True)
+    if llm_dir != root / "runs":
+        runs = [r for r in runs if r.is_baseline or not r.info.get("use_llm")]
+        runs += find_runs([llm_dir]) if llm_dir.exists() else []
+    return [r for r in runs if r.is_baseline or (r.info["backbone"] in backbones and r.info["seed"] in seeds)]
+
+
+def knowledge_used(kn_root: Path) -> dict:
+    """The encoder settings of a snapshot root's current snapshot, from its manifest."""
+    from feature_store.knowledge_snapshot import read_manifest
+    from feature_store.offline_store import OfflineStore
+
+    current = OfflineStore(kn_root).current_path()
+    man = read_manifest(current) if current is not None else {}
+    return {
+        "model_id": man.get("model_id"),
+        "pooling": man.get("pooling"),
+        "two_pass": man.get("two_pass"),
+        "two_pass_vector": man.get("two_pass_vector"),
+        "max_new_tokens": man.get("max_new_tokens"),
+        "answer_model_id": man.get("answer_model_id"),
+        "backend": man.get("backend"),
+        "dimension": man.get("dimension"),
+        "encoding": man.get("encoding"),
+    }
+
+
+def describe_knowledge(used: dict) -> str:
+    """One line: model id, pooling, two-pass and its vector rule (what the report states)."""
+    text = f"model {used['model_id']}, pooling {used['pooling']}, dimension {used['dimension']}, "
+    if used["two_pass"]:
+        text += f"two-pass (vector {used['two_pass_vector']}, max_new_tokens {used['max_new_tokens']}"
+        text += f", answer encoder {used['answer_model_id']})" if used["answer_model_id"] else ")"
+    else:
+        text += "one-pass"
+    return text + f", backend {used['backend']}"
+
+
 def data_config(name: str, overrides: list[str], protocol: Protocol | None = None) -> DataConfig:
     """The data section one benchmark dataset is built with: its source, the protocol's split,
     then every data.* override (a split strategy that contradicts the protocol is an error)."""
@@ -180,13 +276,14 @@ def dataset_root(name: str, work: Path, overrides: list[str], protocol: Protocol
 def report_path(
     datasets: list[str], overrides: list[str], protocol: Protocol, quick: bool, out: str | None, both: bool
 ) -> Path:
-    """docs/benchmarks/ranker-<datasets>[-random][+data-<hash>][-quick].md, or --out (with
+    """docs/benchmarks/ranker-<datasets>[-random][+data-<hash>][+knowledge-<hash>][-quick].md, or --out (with
     --protocol both: --out with -<protocol> before its suffix, one report per protocol)."""
     if out:
         path = Path(out)
         return path.with_name(f"{path.stem}-{protocol.name}{path.suffix}") if both else path
     quick_tag = "-quick" if quick else ""  # a quick run never replaces a full report
-    name = f"ranker-{'+'.join(datasets)}{protocol.suffix}{data_tag(overrides)}{quick_tag}.md"
+    tags = f"{data_tag(overrides)}{knowledge_tag(overrides)}"
+    name = f"ranker-{'+'.join(datasets)}{protocol.suffix}{tags}{quick_tag}.md"
     return REPO_ROOT / "docs" / "benchmarks" / name
 
 
@@ -237,19 +334,23 @@ def split_used(data_dir: Path) -> str:
     return f"split {used} ({detail}), seed {source.get('seed')}"
 
 
-def prepare(cfg: DataConfig, root: Path, backend: str) -> tuple[Path, Path, float]:
-    """Canonical dataset + a current knowledge snapshot built from it (each reused when present;
-    a snapshot of another dataset id is rebuilt incrementally, since training would refuse it)."""
+def prepare(
+    cfg: DataConfig, root: Path, backend: str, overrides: list[str] | None = None
+) -> tuple[Path, Path, float]:
+    """Canonical dataset + a current knowledge snapshot built from it with the knowledge.*
+    overrides (each reused when present; a snapshot of another dataset id is rebuilt
+    incrementally, since training would refuse it)."""
     from feature_store.dataset import read_version
     from feature_store.knowledge_snapshot import read_manifest
     from feature_store.offline_store import OfflineStore
     from knowledge_service.runner import build_knowledge
 
-    data_dir, kn_root = prepare_data(cfg, root / "data"), root / "knowledge"
+    overrides = overrides or []
+    data_dir, kn_root = prepare_data(cfg, root / "data"), knowledge_root(root, overrides)
     t0 = time.perf_counter()
     current = OfflineStore(kn_root).current_path()
     if current is None or read_manifest(current).get("dataset_version") != read_version(data_dir):
-        build_knowledge(data_dir, kn_root, KnowledgeConfig(backend=backend, snapshot_root=str(kn_root)))
+        build_knowledge(data_dir, kn_root, knowledge_config(overrides, backend, kn_root))
     return data_dir, kn_root, time.perf_counter() - t0
 
 
@@ -285,17 +386,20 @@ def run_protocol(
 ) -> Path:
     """Data, knowledge, baseline and every run of one protocol, then its report -> report path."""
     from llm4msr.atomic import write_bytes_atomic
-    from ranker.report import find_runs, markdown, plot, slice_report, summarize
+    from ranker.report import markdown, plot, slice_report, summarize
     from ranker.train import train
 
     data_cfgs = {name: data_config(name, args.overrides, protocol) for name in datasets}
     work = Path(args.work)
-    notes, splits = [], []
+    notes, splits, encoders = [], [], []
     trained = reused = 0
     t_start = time.perf_counter()
     roots = {name: dataset_root(name, work, args.overrides, protocol) for name in datasets}
     for name in datasets:
-        data_dir, kn_root, kn_seconds = prepare(data_cfgs[name], roots[name], args.knowledge_backend)
+        data_dir, kn_root, kn_seconds = prepare(
+            data_cfgs[name], roots[name], args.knowledge_backend, args.overrides
+        )
+        encoders.append(f"- {name}: {describe_knowledge(knowledge_used(kn_root))} ({kn_root}).")
         used = strategy_used(data_dir)
         mismatch = (
             f" **Not the {protocol.name} protocol: the data has a {used} split.**"
@@ -311,11 +415,15 @@ def run_protocol(
                 else f"knowledge snapshot reused from {kn_root}"
             )
         )
-        ensure_baseline(data_dir, roots[name] / "runs" / "baseline", load_config(overrides=args.overrides))
+        baseline_dir = runs_dir(roots[name], args.overrides, False) / "baseline"
+        ensure_baseline(data_dir, baseline_dir, load_config(overrides=args.overrides))
         for backbone in backbones:
             for use_llm in (False, True):
                 for seed in seeds:
-                    run_dir = roots[name] / "runs" / f"{backbone}-{'llm' if use_llm else 'plain'}-seed{seed}"
+                    run_dir = (
+                        runs_dir(roots[name], args.overrides, use_llm)
+                        / f"{backbone}-{'llm' if use_llm else 'plain'}-seed{seed}"
+                    )
                     settings = load_config(
                         overrides=[
                             f"train.backbone={backbone}",
@@ -330,24 +438,23 @@ def run_protocol(
                         continue
                     train(settings, data_dir, kn_root if use_llm else None, run_dir, overwrite=True)
                     trained += 1
-    runs = [
-        r
-        for name in datasets
-        for r in find_runs([roots[name] / "runs"])
-        if r.is_baseline or (r.info["backbone"] in backbones and r.info["seed"] in seeds)
-    ]
+    runs = [r for name in datasets for r in bench_runs(roots[name], args.overrides, backbones, seeds)]
     summary = summarize(runs)
     out = report_path(datasets, args.overrides, protocol, args.quick, args.out, args.protocol == "both")
     png = out.with_suffix(".png")
     write_bytes_atomic(png, plot(summary, f"{protocol.label} protocol"))
     data_sets = data_overrides(args.overrides)
-    train_sets = [o for o in args.overrides if o not in data_sets]
+    knowledge_sets = knowledge_overrides(args.overrides)
+    train_sets = [o for o in args.overrides if o not in data_sets and o not in knowledge_sets]
     command = "llm4msr bench ranker " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     intro = (
         f"**Protocol: {protocol.name}** — {protocol.description}. Split of each dataset, read from "
-        "its manifest:\n\n" + "\n".join(splits)
+        "its manifest:\n\n"
+        + "\n".join(splits)
+        + "\n\nKnowledge encoder of the +LLM4MSR runs, read from each snapshot's manifest:\n\n"
+        + "\n".join(encoders)
     )
     text = (
         markdown(
@@ -363,6 +470,9 @@ def run_protocol(
         + ". Data: each dataset's adapter settings"
         + (f" with {' '.join(data_sets)}" if data_sets else "")
         + "; the split each one actually has is stated at the top, read from its manifest. "
+        + "Knowledge: "
+        + (" ".join(knowledge_sets) if knowledge_sets else "the shipped knowledge settings")
+        + f" with --knowledge-backend {args.knowledge_backend}. "
         + f"Total wall time {time.perf_counter() - t_start:.0f} s ({trained} runs trained, {reused} reused "
         "from earlier invocations) on a 2-core machine shared with other "
         "jobs: timings are noisy; the overhead ratio compares runs measured in the same session.\n\n"
@@ -392,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         for protocol in protocols:
             for name in datasets:
                 data_config(name, args.overrides, protocol)
+        knowledge_config(args.overrides, args.knowledge_backend, Path(args.work))
     except ConfigError as exc:
         print(f"llm4msr bench ranker: error: {exc}", file=sys.stderr)
         return 2

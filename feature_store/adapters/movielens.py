@@ -229,12 +229,27 @@ def _load_raw(path: Path, layout: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.D
     return ratings, users, items, files
 
 
+def _first_users(ratings: pl.DataFrame, users: pl.DataFrame, n: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The first `n` users in id order (numeric when every id is an integer) and their ratings:
+    a deterministic subset that any machine reproduces from the same files."""
+    ids = users["user_id"].to_list()
+    numeric = all(i.strip().isdigit() for i in ids)
+    keep = sorted(ids, key=lambda i: (int(i), i) if numeric else (0, i))[:n]
+    log.info("movielens: keeping the first %d of %d users (movielens.max_users)", len(keep), len(ids))
+    return (
+        ratings.filter(pl.col("user_id").is_in(keep)),
+        users.filter(pl.col("user_id").is_in(keep)),
+    )
+
+
 def load(cfg: DataConfig) -> RawData:
     """Read a MovieLens folder (any supported layout) into canonical tables."""
     path = require_path(cfg, "movielens")
     layout = detect_layout(path)
     ml = cfg.movielens
     ratings, users, items, files = _load_raw(path, layout)
+    if ml.max_users is not None:
+        ratings, users = _first_users(ratings, users, ml.max_users)
     log.info("movielens (%s layout): %s ratings from %s", layout, f"{ratings.height:,}", files["ratings"])
 
     items = items.with_columns(

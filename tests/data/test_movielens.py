@@ -130,3 +130,24 @@ def test_recbole_misspelled_column(tmp_path):
     (folder / "x.user").write_text("user_id:token\tage:token\tgender:token\toccupation:token\n1\t20\tM\tx\n")
     with pytest.raises(DataError, match=r"x.item: missing column 'movie_title'.*did you mean 'movie_titel'"):
         build_dataset(_cfg(folder))
+
+
+def test_max_users_keeps_the_first_users_in_id_order(tmp_path):
+    """A documented subset (movielens.max_users): the first N user ids, numerically, and only their
+    ratings; the setting is recorded in the dataset's source and changes the dataset id."""
+    from feature_store.build import build_and_write
+    from feature_store.dataset import read_version
+
+    folder = write_grouplens(tmp_path / "ml")
+    (folder / "u.user").write_text(
+        "1|24|M|technician|85711\n2|53|F|other|94043\n3|30|M|writer|32067\n10|40|F|writer|12345\n"
+    )
+    ds = build_dataset(_cfg(folder, max_users=2))
+    assert sorted(ds.users["user_id"]) == ["1", "2"]  # numeric order: "10" is not second
+    assert set(ds.interactions["user_id"]) == {"1", "2"} and ds.interactions.height == 8
+    sub = build_and_write(_cfg(folder, max_users=2), tmp_path / "sub")
+    full = build_and_write(_cfg(folder), tmp_path / "full")
+    source = __import__("json").loads((sub / "manifest.json").read_text())["source"]
+    assert source["config"]["movielens"]["max_users"] == 2
+    assert read_version(sub) != read_version(full)
+    assert build_dataset(_cfg(folder, max_users=100)).users.height == build_dataset(_cfg(folder)).users.height

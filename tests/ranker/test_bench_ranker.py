@@ -4,12 +4,13 @@ verdicts, slices and the ΔAUC plot."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 import bench.ranker as bench
-from bench.ranker import PROTOCOLS, data_config, dataset_root, main, report_path
+from bench.ranker import PROTOCOLS, data_config, data_tag, dataset_root, knowledge_tag, main, report_path
 from llm4msr.config import ConfigError
 from ranker.baseline import BASELINE_VARIANT
 from ranker.report import LLM, find_runs, slice_report
@@ -86,3 +87,54 @@ def test_bench_both_protocols_end_to_end(tmp_path, monkeypatch):
     assert multi.other is not None and multi.other[0] == pytest.approx((per_run[0] + per_run[1]) / 2)
     assert multi.baseline == pytest.approx(per_run["baseline"])
     assert multi.diff is not None and multi.diff.n_a == multi.diff.n_b == 2
+
+
+def test_knowledge_overrides_get_their_own_snapshot_runs_and_report(tmp_path, monkeypatch):
+    """--set knowledge.* reaches the knowledge build (it used to be ignored), with its own snapshot
+    root, +LLM4MSR runs and report name; plain runs are shared; the report states the encoder read
+    from the snapshot's manifest."""
+    monkeypatch.setitem(bench.DATASETS, "tiny", {"dataset": "synthetic", "path": None})
+    built = []
+
+    def fake_knowledge(data_dir, root, cfg, *a, **kw):
+        built.append(
+            (Path(root).name, cfg.model, cfg.pooling, cfg.max_history_per_scenario, cfg.snapshot_root)
+        )
+        return make_snapshot(Path(root), Path(data_dir), dim=16, drop_users=0)
+
+    monkeypatch.setattr("knowledge_service.runner.build_knowledge", fake_knowledge)
+    sets = ["data.synthetic.n_users=30", "data.synthetic.n_items=30", "data.synthetic.n_interactions=1000"]
+    sets += FAST_TRAIN
+    ksets = ["knowledge.pooling=MEAN", "knowledge.max_history_per_scenario=3"]
+    work = tmp_path / "work"
+    argv = ["--datasets", "tiny", "--backbones", "shared_bottom", "--seeds", "0", "--epochs", "1"]
+    argv += ["--work", str(work)]
+    flags = [a for s in sets for a in ("--set", s)]
+    assert main([*argv, *flags, "--out", str(tmp_path / "default.md")]) == 0
+    kflags = [a for s in ksets for a in ("--set", s)]
+    assert main([*argv, *flags, *kflags, "--out", str(tmp_path / "k.md")]) == 0
+    tag = knowledge_tag(ksets)
+    assert tag.startswith("+knowledge-") and tag == knowledge_tag([*sets, *reversed(ksets)])
+    root = work / f"tiny{data_tag(sets)}"
+    assert [b[:4] for b in built] == [
+        ("knowledge", "minilm", "auto", 10),
+        (f"knowledge{tag}", "minilm", "MEAN", 3),
+    ]
+    assert built[1][4] == str(root / f"knowledge{tag}")
+    llm_run = json.loads((root / f"runs{tag}" / "shared_bottom-llm-seed0" / "run.json").read_text())
+    assert f"knowledge{tag}" in llm_run["knowledge"]["path"]
+    assert not (root / f"runs{tag}" / "shared_bottom-plain-seed0").exists()  # plain runs are shared
+    md = (tmp_path / "k.md").read_text()
+    assert "1 runs trained, 1 reused" in md and "| shared_bottom | +LLM4MSR |" in md
+    assert "- tiny: model random, pooling MEAN, dimension 16, one-pass" in md  # from the manifest
+    assert "Knowledge: knowledge.pooling=MEAN knowledge.max_history_per_scenario=3" in md
+    name = report_path(["ml-100k"], [*sets, *ksets], PROTOCOLS["random"], False, None, False).name
+    assert name == f"ranker-ml-100k-random{data_tag(sets)}{tag}.md"
+
+
+@pytest.mark.parametrize(
+    "key", ["knowledge.snapshot_root=/x", "knowledge.backend=vllm", "knowledge.poolin=MEAN"]
+)
+def test_bad_knowledge_overrides_fail_before_anything_runs(key, capsys):
+    assert main(["--quick", "--set", key]) == 2
+    assert key.split("=")[0].split(".")[1] in capsys.readouterr().err
