@@ -40,6 +40,7 @@ knowledge.snapshot_root and knowledge.backend are refused (use --work, --knowled
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shlex
@@ -47,6 +48,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from llm4msr.atomic import sha256_text, write_text_atomic
 from llm4msr.config import REPO_ROOT, ConfigError, DataConfig, KnowledgeConfig, Settings, load_config
@@ -301,6 +304,12 @@ def prepare_data(cfg: DataConfig, data_dir: Path) -> Path:
     if recorded is None:  # built before manifests recorded their config: compare what they did record
         recorded = {k: source.get(k) for k in ("dataset", "seed", "split")}
         want = {k: want[k] for k in recorded}
+    else:  # a key added since (e.g. movielens.max_users) reads as its default, which is what was built
+        # a key since removed fails validation: compared as recorded, so the difference is reported
+        with contextlib.suppress(ValidationError):
+            recorded = DataConfig.model_validate({**recorded, "out": cfg.out}).model_dump(
+                mode="json", exclude={"out"}
+            )
     if recorded != want:
         diff = sorted(k for k in want if recorded.get(k) != want[k])
         raise ConfigError(
@@ -386,7 +395,7 @@ def run_protocol(
 ) -> Path:
     """Data, knowledge, baseline and every run of one protocol, then its report -> report path."""
     from llm4msr.atomic import write_bytes_atomic
-    from ranker.report import markdown, plot, slice_report, summarize
+    from ranker.report import markdown, plot, selected_runs, slice_report, summarize
     from ranker.train import train
 
     data_cfgs = {name: data_config(name, args.overrides, protocol) for name in datasets}
@@ -439,6 +448,7 @@ def run_protocol(
                     train(settings, data_dir, kn_root if use_llm else None, run_dir, overwrite=True)
                     trained += 1
     runs = [r for name in datasets for r in bench_runs(roots[name], args.overrides, backbones, seeds)]
+    runs += selected_runs(runs)  # what train.select=auto would ship, per seed (no extra training)
     summary = summarize(runs)
     out = report_path(datasets, args.overrides, protocol, args.quick, args.out, args.protocol == "both")
     png = out.with_suffix(".png")

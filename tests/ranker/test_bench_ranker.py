@@ -62,6 +62,7 @@ def test_bench_both_protocols_end_to_end(tmp_path, monkeypatch):
         assert f"**Protocol: {proto}**" in md and split in md
         assert f"| {BASELINE_VARIANT} | **overall** |" in md
         assert "| shared_bottom | plain | **overall** |" in md and "| shared_bottom | +LLM4MSR |" in md
+        assert "| shared_bottom | +LLM4MSR (select=auto) |" in md  # per seed, the run selection keeps
         assert "ΔAUC ± SE" in md and "## Verdict per backbone" in md and "beats plain overall" in md
         assert "## Slices where knowledge should matter" in md and "| history 0 |" in md
         assert "multi-scenario user" in md
@@ -138,3 +139,24 @@ def test_knowledge_overrides_get_their_own_snapshot_runs_and_report(tmp_path, mo
 def test_bad_knowledge_overrides_fail_before_anything_runs(key, capsys):
     assert main(["--quick", "--set", key]) == 2
     assert key.split("=")[0].split(".")[1] in capsys.readouterr().err
+
+
+def test_a_dataset_built_before_a_new_data_key_is_still_reused(tmp_path):
+    """Before: adding movielens.max_users (default None: all users, what was built) made every
+    ML-100K dataset built earlier 'built with other data settings', so its runs could not be reused."""
+    from bench.ranker import prepare_data
+    from llm4msr.config import DataConfig
+
+    cfg = DataConfig.model_validate(
+        {"dataset": "synthetic", "synthetic": {"n_users": 20, "n_items": 15, "n_interactions": 1000}}
+    )
+    data_dir = prepare_data(cfg, tmp_path / "data")
+    manifest = data_dir / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    del doc["source"]["config"]["movielens"]["max_users"]  # as written before the key existed
+    manifest.write_text(json.dumps(doc))
+    assert prepare_data(cfg, data_dir) == data_dir
+    doc["source"]["config"]["seed"] = cfg.seed + 1  # a real difference is still refused
+    manifest.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r"built with other data settings \(\['seed'\]"):
+        prepare_data(cfg, data_dir)
