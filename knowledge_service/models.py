@@ -307,6 +307,9 @@ def model_info(name_or_path: str, cache_dir: str | None = None) -> ModelInfo:
     model_type = str(cfg.get("model_type", ""))
     hidden = cfg.get("hidden_size") or cfg.get("d_model") or cfg.get("text_config", {}).get("hidden_size")
     max_len = cfg.get("max_position_embeddings") or cfg.get("n_positions") or 2048
+    st_cfg = path / "sentence_bert_config.json"  # a sentence encoder's own limit, which vLLM enforces
+    if st_cfg.is_file():
+        max_len = min(max_len, json.loads(st_cfg.read_text()).get("max_seq_length") or max_len)
     if not model_type or not hidden:
         raise KnowledgeError(
             f"model {name_or_path!r}: {path / 'config.json'} lacks model_type/hidden_size (got {model_type!r}, {hidden!r})"

@@ -41,3 +41,11 @@ def test_encoder_rule_embeds_answers_with_minilm(
     assert (again.n_encoded, again.n_carried) == (0, 8)
     other = build_knowledge(tiny_dataset_dir, root, cfg.model_copy(update={"max_new_tokens": 6}))
     assert (other.n_encoded, other.n_carried) == (8, 0)
+
+
+def test_minilm_limit_is_its_sentence_transformers_max_seq_length():
+    """vLLM derives MiniLM's limit from sentence_bert_config.json (256), not config.json (512): the
+    answer encoder of the `encoder` rule must be loaded within it or vLLM refuses to start."""
+    from knowledge_service.models import model_info
+
+    assert model_info("minilm").max_len == 256
