@@ -526,13 +526,18 @@ def plot(summary: list[dict[str, Any]], title: str | None = None) -> bytes:
         width = 0.8 / max(1, len(series))
         x = np.arange(len(scens), dtype=float)
         any_se = False
+        # one colour per backbone, one hatch per variant: a backbone's variants sit side by side
+        backbones = list(dict.fromkeys(bb for bb, _ in series))
+        variant_order = list(dict.fromkeys(var for _, var in series))
+        colours = plt.get_cmap("tab10")
         for i, (bb, var) in enumerate(series):
             by_scen = {d.scenario: d.diff for d in here if (d.backbone, d.variant) == (bb, var)}
             means = np.array([by_scen[s].delta if s in by_scen else np.nan for s in scens])
             ses = np.array([by_scen[s].se if s in by_scen and by_scen[s].has_se else np.nan for s in scens])
-            label = bb if var == LLM else f"{bb} {var}"
+            label = bb if len(variant_order) == 1 else f"{bb} {var}"
             has_se = bool(np.isfinite(ses).any())
             any_se |= has_se
+            v = variant_order.index(var)
             ax.bar(
                 x + i * width - 0.4 + width / 2,
                 means,
@@ -540,6 +545,10 @@ def plot(summary: list[dict[str, Any]], title: str | None = None) -> bytes:
                 yerr=np.where(np.isfinite(ses), ses, 0.0) if has_se else None,
                 capsize=2,
                 label=label,
+                color=colours(backbones.index(bb) % 10),
+                alpha=1.0 if v == 0 else 0.55,
+                hatch=(None, "//", "..", "xx")[v % 4],
+                edgecolor="white" if v else None,
             )
         ax.axhline(0.0, color="black", linewidth=0.8)
         ax.axvline(len(scens) - 1.5, color="grey", linewidth=0.6, linestyle=":")  # scenarios | overall
