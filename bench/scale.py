@@ -249,15 +249,18 @@ def markdown(runs: list[SizeRun], argv: list[str]) -> str:
         lines += [
             "",
             f"## Growth from {a.interactions:,} to {b.interactions:,} interactions "
-            f"({b.interactions / a.interactions:.0f}x the data)",
+            f"({b.interactions / a.interactions:.0f}x the data, {b.users / a.users:.0f}x the users)",
             "",
-            "| stage | time ratio | peak RSS ratio |",
-            "| --- | ---: | ---: |",
+            "CPU time is the steadier measure on a shared machine: wall time includes waiting for a core.",
+            "",
+            "| stage | time ratio | CPU time ratio | peak RSS ratio |",
+            "| --- | ---: | ---: | ---: |",
         ]
         for s in a.stages:
             t = b.stage(s.name)
             lines.append(
-                f"| {s.name} | {_ratio(s.seconds, t.seconds)} | {_ratio(s.peak_rss_mib, t.peak_rss_mib)} |"
+                f"| {s.name} | {_ratio(s.seconds, t.seconds)} | {_ratio(s.cpu_seconds, t.cpu_seconds)} | "
+                f"{_ratio(s.peak_rss_mib, t.peak_rss_mib)} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -278,7 +281,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=REPO / "artifacts" / "bench" / "scale" / "work")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown report; JSON next to it")
     p.add_argument("--keep", action="store_true", help="keep each size's work folder (default: delete it)")
+    p.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="rewrite --out from a run's JSON (runs nothing)",
+    )
     args = p.parse_args(argv)
+    if args.render is not None:
+        from llm4msr.atomic import write_text_atomic
+
+        saved = json.loads(args.render.read_text())
+        runs = [SizeRun(**{**r, "stages": [Stage(**st) for st in r["stages"]]}) for r in saved["runs"]]
+        write_text_atomic(args.out, markdown(runs, saved["argv"]))
+        print(f"report: {args.out} (rendered from {args.render})")
+        return 0
     if not Path(CLI).is_file():
         p.error(f"{CLI} not found: run from the project's virtualenv (make setup)")
     runs = []
