@@ -198,6 +198,25 @@ def runs_dir(root: Path, overrides: list[str], use_llm: bool) -> Path:
     return root / f"runs{knowledge_tag(overrides) if use_llm else ''}"
 
 
+def convergence_note(runs: list) -> str:
+    """The report's line on convergence: runs whose best validation epoch is their last may not
+    have converged, so a comparison involving them is not between converged models (issue 16)."""
+    last = sorted(
+        f"{r.key[1]} {r.variant} seed {r.info['seed']}"
+        for r in runs
+        if not r.is_baseline and not r.info.get("selected_from") and r.metrics.get("best_is_last_epoch")
+    )
+    if not last:
+        return "Convergence: no run's best validation epoch is its last epoch."
+    log.warning(
+        "%d run(s) peaked at their last epoch (may not have converged): %s", len(last), ", ".join(last)
+    )
+    return (
+        f"**Convergence warning: {len(last)} run(s) peaked at their last epoch** and may not have "
+        f"converged (raise train.epochs): {', '.join(last)}."
+    )
+
+
 def bench_runs(root: Path, overrides: list[str], backbones: list[str], seeds: list[int]) -> list:
     """The runs of one dataset a report compares: the baseline, the shared plain runs and the
     +LLM4MSR runs of these knowledge settings (never another encoder's)."""
@@ -465,6 +484,8 @@ def run_protocol(
         + "\n".join(splits)
         + "\n\nKnowledge encoder of the +LLM4MSR runs, read from each snapshot's manifest:\n\n"
         + "\n".join(encoders)
+        + "\n\n"
+        + convergence_note(runs)
     )
     text = (
         markdown(

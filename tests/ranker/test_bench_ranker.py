@@ -63,6 +63,9 @@ def test_bench_both_protocols_end_to_end(tmp_path, monkeypatch):
         assert f"| {BASELINE_VARIANT} | **overall** |" in md
         assert "| shared_bottom | plain | **overall** |" in md and "| shared_bottom | +LLM4MSR |" in md
         assert "| shared_bottom | +LLM4MSR (select=auto) |" in md  # per seed, the run selection keeps
+        # one epoch: every run's best epoch is its last, and the report says so
+        assert "**Convergence warning: 4 run(s) peaked at their last epoch**" in md
+        assert "shared_bottom +LLM4MSR seed 0" in md and "shared_bottom plain seed 1" in md
         assert "ΔAUC ± SE" in md and "## Verdict per backbone" in md and "beats plain overall" in md
         assert "## Slices where knowledge should matter" in md and "| history 0 |" in md
         assert "multi-scenario user" in md
