@@ -23,6 +23,10 @@ mean labels + scenario one-hot, train rows only), ΔAUC vs plain with its Welch 
 "never worse" / "beats by > 2 SE" verdicts, AUC on knowledge slices (ranker.slices: history
 length in the row's scenario, multi- vs single-scenario users) and a ΔAUC plot.
 
+A run whose best validation epoch is its last (it may not have converged) is trained again with
+twice the epochs (`--no-extend`: not); the report names those runs, and any that still peak at
+their last epoch, so plain and +LLM4MSR are compared once both have converged.
+
 `--set data.*` settings (split details, seed, adapter options) build their own dataset, snapshot
 and runs (under WORK/NAME[-random]+data-<hash>, report ranker-<datasets>[-random]+data-<hash>.md);
 a data.split.strategy that contradicts --protocol is an error. The report states the split each
@@ -111,6 +115,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--epochs", type=int, default=None, help="max epochs (early stopping on validation AUC)")
     p.add_argument(
+        "--no-extend",
+        dest="extend",
+        action="store_false",
+        help="do not train a run again with twice the epochs when its best epoch is its last",
+    )
+    p.add_argument(
         "--protocol",
         choices=[*PROTOCOLS, "both"],
         default="temporal",
@@ -198,7 +208,7 @@ def runs_dir(root: Path, overrides: list[str], use_llm: bool) -> Path:
     return root / f"runs{knowledge_tag(overrides) if use_llm else ''}"
 
 
-def convergence_note(runs: list) -> str:
+def convergence_note(runs: list, epochs: int) -> str:
     """The report's line on convergence: runs whose best validation epoch is their last may not
     have converged, so a comparison involving them is not between converged models (issue 16)."""
     last = sorted(
@@ -206,14 +216,26 @@ def convergence_note(runs: list) -> str:
         for r in runs
         if not r.is_baseline and not r.info.get("selected_from") and r.metrics.get("best_is_last_epoch")
     )
+    longer = sorted(
+        f"{r.key[1]} {r.variant} seed {r.info['seed']} ({len(r.metrics['epochs'])} epochs run)"
+        for r in runs
+        if not r.is_baseline
+        and not r.info.get("selected_from")
+        and load_config(r.path / "config.yaml").train.epochs > epochs
+    )
+    extended_text = (
+        f" Trained again with twice the epochs because their best epoch was the last: {', '.join(longer)}."
+        if longer
+        else ""
+    )
     if not last:
-        return "Convergence: no run's best validation epoch is its last epoch."
+        return "Convergence: no run's best validation epoch is its last epoch." + extended_text
     log.warning(
         "%d run(s) peaked at their last epoch (may not have converged): %s", len(last), ", ".join(last)
     )
     return (
         f"**Convergence warning: {len(last)} run(s) peaked at their last epoch** and may not have "
-        f"converged (raise train.epochs): {', '.join(last)}."
+        f"converged (raise train.epochs): {', '.join(last)}." + extended_text
     )
 
 
@@ -382,6 +404,19 @@ def prepare(
     return data_dir, kn_root, time.perf_counter() - t0
 
 
+def extended(settings: Settings) -> Settings:
+    """The budget a run gets when it peaked at its last epoch: twice the epochs (a fresh run with
+    its own schedule, not a continuation), so each variant is compared once it has converged."""
+    longer = settings.model_copy(deep=True)
+    longer.train.epochs = settings.train.epochs * 2
+    return longer
+
+
+def peaked_last(run_dir: Path) -> bool:
+    """The run's best validation epoch is its last one (metrics.json `best_is_last_epoch`)."""
+    return bool(json.loads((run_dir / "metrics.json").read_text()).get("best_is_last_epoch"))
+
+
 def reusable(run_dir: Path, settings: Settings) -> bool:
     """A finished run made with the same training and evaluation settings (resume a benchmark
     without mixing in runs of another configuration)."""
@@ -461,11 +496,22 @@ def run_protocol(
                             *args.overrides,
                         ]
                     )
-                    if reusable(run_dir, settings):
+                    longer = extended(settings)
+                    knowledge = kn_root if use_llm else None
+                    if reusable(run_dir, settings) or (args.extend and reusable(run_dir, longer)):
                         reused += 1
-                        continue
-                    train(settings, data_dir, kn_root if use_llm else None, run_dir, overwrite=True)
-                    trained += 1
+                    else:
+                        train(settings, data_dir, knowledge, run_dir, overwrite=True)
+                        trained += 1
+                    if args.extend and peaked_last(run_dir) and not reusable(run_dir, longer):
+                        log.warning(
+                            "%s peaked at its last epoch (%d): training it again with %d epochs",
+                            run_dir.name,
+                            settings.train.epochs,
+                            longer.train.epochs,
+                        )
+                        train(longer, data_dir, knowledge, run_dir, overwrite=True)
+                        trained += 1
     runs = [r for name in datasets for r in bench_runs(roots[name], args.overrides, backbones, seeds)]
     runs += selected_runs(runs)  # what train.select=auto would ship, per seed (no extra training)
     summary = summarize(runs)
@@ -485,7 +531,7 @@ def run_protocol(
         + "\n\nKnowledge encoder of the +LLM4MSR runs, read from each snapshot's manifest:\n\n"
         + "\n".join(encoders)
         + "\n\n"
-        + convergence_note(runs)
+        + convergence_note(runs, epochs)
     )
     text = (
         markdown(

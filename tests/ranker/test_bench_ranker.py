@@ -11,7 +11,7 @@ import pytest
 
 import bench.ranker as bench
 from bench.ranker import PROTOCOLS, data_config, data_tag, dataset_root, knowledge_tag, main, report_path
-from llm4msr.config import ConfigError
+from llm4msr.config import ConfigError, load_config
 from ranker.baseline import BASELINE_VARIANT
 from ranker.report import LLM, find_runs, slice_report
 from ranker.slices import SCENARIOS, run_slice_aucs, train_rows
@@ -63,14 +63,21 @@ def test_bench_both_protocols_end_to_end(tmp_path, monkeypatch):
         assert f"| {BASELINE_VARIANT} | **overall** |" in md
         assert "| shared_bottom | plain | **overall** |" in md and "| shared_bottom | +LLM4MSR |" in md
         assert "| shared_bottom | +LLM4MSR (select=auto) |" in md  # per seed, the run selection keeps
-        # one epoch: every run's best epoch is its last, and the report says so
-        assert "**Convergence warning: 4 run(s) peaked at their last epoch**" in md
-        assert "shared_bottom +LLM4MSR seed 0" in md and "shared_bottom plain seed 1" in md
+        # --epochs 1: every run peaked at its last epoch, so each was trained again with 2 epochs
+        assert "Trained again with twice the epochs because their best epoch was the last:" in md
+        assert "shared_bottom +LLM4MSR seed 0 (" in md and "shared_bottom plain seed 1 (" in md
+        assert "Convergence" in md
         assert "ΔAUC ± SE" in md and "## Verdict per backbone" in md and "beats plain overall" in md
         assert "## Slices where knowledge should matter" in md and "| history 0 |" in md
         assert "multi-scenario user" in md
         assert (tmp_path / f"rep-{proto}.png").read_bytes()[:4] == b"\x89PNG"
     work = tmp_path / "work"
+    for run in find_runs([work]):
+        if not run.is_baseline:
+            assert load_config(run.path / "config.yaml").train.epochs == 2, run.path
+    # a second invocation reuses the extended runs instead of training them again
+    assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    assert "(0 runs trained, 4 reused" in (tmp_path / "rep-temporal.md").read_text()
     assert {p.name for p in work.iterdir()} == {
         f"tiny{bench.data_tag(sets)}",
         f"tiny-random{bench.data_tag(sets)}",
@@ -112,7 +119,7 @@ def test_knowledge_overrides_get_their_own_snapshot_runs_and_report(tmp_path, mo
     ksets = ["knowledge.pooling=MEAN", "knowledge.max_history_per_scenario=3"]
     work = tmp_path / "work"
     argv = ["--datasets", "tiny", "--backbones", "shared_bottom", "--seeds", "0", "--epochs", "1"]
-    argv += ["--work", str(work)]
+    argv += ["--work", str(work), "--no-extend"]  # the run counts below are of one training each
     flags = [a for s in sets for a in ("--set", s)]
     assert main([*argv, *flags, "--out", str(tmp_path / "default.md")]) == 0
     kflags = [a for s in ksets for a in ("--set", s)]
