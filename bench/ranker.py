@@ -423,10 +423,7 @@ def reusable(run_dir: Path, settings: Settings) -> bool:
     if not (run_dir / "metrics.json").is_file() or not (run_dir / "config.yaml").is_file():
         return False
     saved = load_config(run_dir / "config.yaml")
-    if saved.train == settings.train and saved.eval == settings.eval:
-        return True
-    log.info("%s was trained with other settings: training it again", run_dir)
-    return False
+    return saved.train == settings.train and saved.eval == settings.eval
 
 
 def ensure_baseline(data_dir: Path, run_dir: Path, settings: Settings) -> None:
@@ -501,6 +498,8 @@ def run_protocol(
                     if reusable(run_dir, settings) or (args.extend and reusable(run_dir, longer)):
                         reused += 1
                     else:
+                        if (run_dir / "metrics.json").is_file():
+                            log.info("%s was trained with other settings: training it again", run_dir)
                         train(settings, data_dir, knowledge, run_dir, overwrite=True)
                         trained += 1
                     if args.extend and peaked_last(run_dir) and not reusable(run_dir, longer):
