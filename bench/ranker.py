@@ -149,19 +149,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 FIXED_DATA_KEYS = ("data", "data.dataset", "data.path", "data.out")
 
 
-def data_overrides(overrides: list[str]) -> list[str]:
-    """The `data.*` entries of --set; the fixed keys are refused (choose data with --datasets)."""
+def section_overrides(overrides: list[str], section: str, fixed: tuple[str, ...], why: str) -> list[str]:
+    """The `<section>.*` entries of --set; a key in `fixed` is refused with `why`."""
     out = []
     for o in overrides:
         key = o.split("=", 1)[0].strip()
-        if key in FIXED_DATA_KEYS:
-            raise ConfigError(
-                f"bench ranker: --set {o}: {key} is fixed per benchmark dataset ({DATASETS}); "
-                "choose datasets with --datasets, or build the data yourself and run `llm4msr train`"
-            )
-        if key.startswith("data."):
+        if key in fixed:
+            raise ConfigError(f"bench ranker: --set {o}: {key} {why}")
+        if key.startswith(f"{section}."):
             out.append(o)
     return out
+
+
+def data_overrides(overrides: list[str]) -> list[str]:
+    """The `data.*` entries of --set; the fixed keys are refused (choose data with --datasets)."""
+    return section_overrides(
+        overrides,
+        "data",
+        FIXED_DATA_KEYS,
+        f"is fixed per benchmark dataset ({DATASETS}); choose datasets with --datasets, or build the "
+        "data yourself and run `llm4msr train`",
+    )
 
 
 # The benchmark places snapshots itself and picks the backend with --knowledge-backend.
@@ -170,17 +178,12 @@ FIXED_KNOWLEDGE_KEYS = ("knowledge", "knowledge.snapshot_root", "knowledge.backe
 
 def knowledge_overrides(overrides: list[str]) -> list[str]:
     """The `knowledge.*` entries of --set; the fixed keys are refused (the bench places snapshots)."""
-    out = []
-    for o in overrides:
-        key = o.split("=", 1)[0].strip()
-        if key in FIXED_KNOWLEDGE_KEYS:
-            raise ConfigError(
-                f"bench ranker: --set {o}: {key} is chosen by the benchmark (snapshots live under --work, "
-                "the backend is --knowledge-backend)"
-            )
-        if key.startswith("knowledge."):
-            out.append(o)
-    return out
+    return section_overrides(
+        overrides,
+        "knowledge",
+        FIXED_KNOWLEDGE_KEYS,
+        "is chosen by the benchmark (snapshots live under --work, the backend is --knowledge-backend)",
+    )
 
 
 def knowledge_config(overrides: list[str], backend: str, snapshot_root: Path) -> KnowledgeConfig:
