@@ -292,18 +292,20 @@ def _read_tables(data_dir: Path) -> CanonicalDataset:
 
 
 def _spec_on_main(ds: CanonicalDataset, scan: pl.LazyFrame, dim: int) -> FeatureSpec:
-    """`build_spec` without the training rows: it only needs the train users and items, so it gets
-    a frame of those ids (users, then items, nulls elsewhere), which fits vocabularies identically."""
+    """`build_spec` without the training rows: it only needs the distinct (scenario, user) and
+    (scenario, item) pairs of the training split, so it gets a frame of those (user pairs, then
+    item pairs, nulls elsewhere), which fits vocabularies and finds scenario-constant features
+    exactly as the rows would."""
     train = scan.filter(pl.col("split") == "train")
-    users = train.select("user_id").unique().sort("user_id").collect()["user_id"]
-    items = train.select("item_id").unique().sort("item_id").collect()["item_id"]
-    ids = pl.DataFrame(
-        {
-            "user_id": pl.concat([users, pl.Series([None] * items.len(), dtype=pl.String)]),
-            "item_id": pl.concat([pl.Series([None] * users.len(), dtype=pl.String), items]),
-            "split": ["train"] * (users.len() + items.len()),
-        }
-    )
+    null = pl.lit(None, dtype=pl.String)
+    users = train.select("scenario_id", "user_id").unique().sort("scenario_id", "user_id").collect()
+    items = train.select("scenario_id", "item_id").unique().sort("scenario_id", "item_id").collect()
+    ids = pl.concat(
+        [
+            users.with_columns(null.alias("item_id")).select("user_id", "item_id", "scenario_id"),
+            items.with_columns(null.alias("user_id")).select("user_id", "item_id", "scenario_id"),
+        ]
+    ).with_columns(pl.lit("train").alias("split"))
     view = CanonicalDataset(
         interactions=ids, users=ds.users, items=ds.items, scenarios=ds.scenarios, vocabs=ds.vocabs
     )

@@ -53,6 +53,10 @@ class FeatureSpec:
     knowledge_dim: int
     vocabs: dict[str, dict[str, int]] = field(default_factory=dict)
     version: int = SPEC_VERSION
+    # Features with one value per scenario in the training rows (Amazon: item_category is the
+    # scenario). They carry nothing the scenario index does not, and per-scenario normalisation
+    # turns them into rounding noise, so STAR keeps them out of its tower (`scenario_constant_features`).
+    scenario_constant: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ accessors
     @property
@@ -97,6 +101,7 @@ class FeatureSpec:
             knowledge_dim=int(data["knowledge_dim"]),
             vocabs=data.get("vocabs", {}),
             version=int(data["version"]),
+            scenario_constant=[str(n) for n in data.get("scenario_constant", [])],
         )
 
     def save(self, path: str | Path) -> None:
@@ -182,6 +187,32 @@ def _fit_vocab(values: pl.Series) -> dict[str, int]:
     return {v: i + 1 for i, v in enumerate(uniq)}
 
 
+def scenario_constant_features(
+    spec: FeatureSpec, train: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame
+) -> list[str]:
+    """User and item features whose encoded value is the same for every training row of each
+    scenario. Only the distinct (scenario, user) and (scenario, item) pairs are needed, so a
+    distributed run's main process can pass those instead of the rows. The scenario itself is left
+    out (it is the scenario); a dataset with one scenario has none."""
+    if train.height == 0 or train["scenario_id"].n_unique() < 2:
+        return []
+    out: list[str] = []
+    for source, key in (("user", "user_id"), ("item", "item_id")):
+        names = [f.name for f in spec.features if f.source == source]
+        pairs = train.select("scenario_id", key).drop_nulls().unique()
+        if not names or pairs.height == 0:
+            continue
+        other = "item_id" if key == "user_id" else "user_id"
+        rows = pairs.with_columns(pl.lit(None, dtype=pl.String).alias(other))
+        ids = spec.encode_rows(rows, users, items)
+        frame = pl.DataFrame({n: ids[:, spec.index_of(n)] for n in names}).with_columns(
+            pairs["scenario_id"].alias("__scenario")
+        )
+        most = frame.group_by("__scenario").agg(pl.all().n_unique()).select(pl.col(names).max())
+        out += [n for n in names if most[n][0] == 1]
+    return out
+
+
 def build_spec(ds: CanonicalDataset, knowledge_dim: int) -> FeatureSpec:
     """Fix the feature order and vocabularies for a dataset.
 
@@ -233,5 +264,6 @@ def build_spec(ds: CanonicalDataset, knowledge_dim: int) -> FeatureSpec:
             name = f"item_attr_{col}"
         add(name, "item", col, train_items[col])
     spec = FeatureSpec(features=feats, scenario_index=2, knowledge_dim=int(knowledge_dim), vocabs=vocabs)
+    spec.scenario_constant = scenario_constant_features(spec, train, ds.users, ds.items)
     log.debug("feature spec: %s", ", ".join(f"{f.name}({f.vocab_size})" for f in feats))
     return spec

@@ -175,6 +175,11 @@ def gather_scenario(per_scenario: torch.Tensor, scenario: torch.Tensor) -> torch
     return torch.gather(per_scenario, 1, idx).squeeze(1)
 
 
+# Initial std of every embedding row. STAR's partitioned normalisation starts its scale at this
+# value (PartitionedNorm init_scale) so its tower sees inputs of the size the other backbones see.
+EMBEDDING_INIT_STD = 0.05
+
+
 class FeatureEmbedding(nn.Module):
     """One table for all sparse features (offset per feature): ids [B, F] -> embeddings [B, F, D]."""
 
@@ -184,7 +189,7 @@ class FeatureEmbedding(nn.Module):
         self.register_buffer("offsets", offsets, persistent=False)
         self.register_buffer("sizes", torch.tensor(vocab_sizes, dtype=torch.int64), persistent=False)
         self.table = nn.Embedding(int(sum(vocab_sizes)), dim)
-        nn.init.normal_(self.table.weight, std=0.05)
+        nn.init.normal_(self.table.weight, std=EMBEDDING_INIT_STD)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         # Out-of-range ids (a serving bug) become "unknown" instead of reading another feature's row.
@@ -235,13 +240,18 @@ class PartitionedNorm(nn.Module):
     Training: each row is normalised with the batch statistics of its own scenario (computed
     with a one-hot matrix, no masks) and per-scenario running statistics are updated.
     Inference: running statistics only, so a row's output never depends on its batch.
-    Scale/shift = shared ⊙/+ per-scenario parameters.
+    Scale/shift = shared ⊙/+ per-scenario parameters. `init_scale` is the shared scale's start:
+    normalising inputs of std σ multiplies their gradient by scale/σ, so a scale of 1 on embeddings
+    of std 0.05 made every embedding step 20x larger than in an unnormalised tower (plain STAR on
+    Amazon overfitted by epoch 1 and fell below the trivial baseline: docs/benchmarks/ranker-findings.md).
     """
 
-    def __init__(self, n_scenarios: int, dim: int, momentum: float = 0.1, eps: float = 1e-5):
+    def __init__(
+        self, n_scenarios: int, dim: int, momentum: float = 0.1, eps: float = 1e-5, init_scale: float = 1.0
+    ):
         super().__init__()
         self.n_scenarios, self.momentum, self.eps = n_scenarios, momentum, eps
-        self.gamma = nn.Parameter(torch.ones(dim))
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_scale)))
         self.beta = nn.Parameter(torch.zeros(dim))
         self.gamma_s = nn.Parameter(torch.ones(n_scenarios, dim))
         self.beta_s = nn.Parameter(torch.zeros(n_scenarios, dim))

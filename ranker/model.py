@@ -53,6 +53,7 @@ class RankerModel(nn.Module):
             else [],
             user_fields=[spec.index_of("user_id")],
             item_fields=[spec.index_of("item_id")],
+            data_constant_fields=[spec.index_of(n) for n in spec.scenario_constant],
         )
         self.backbone = build_backbone(cfg.backbone, ctx)
         self.user_meta: UserMetaNetwork | None = None

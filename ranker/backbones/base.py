@@ -24,6 +24,7 @@ class BackboneContext:
     scenario_knowledge_fields: list[int] = field(default_factory=list)  # concat mode: appended fields
     user_fields: list[int] = field(default_factory=lambda: [0])
     item_fields: list[int] = field(default_factory=lambda: [1])
+    data_constant_fields: list[int] = field(default_factory=list)  # FeatureSpec.scenario_constant
 
     @property
     def in_dim(self) -> int:
@@ -31,9 +32,11 @@ class BackboneContext:
 
     @property
     def scenario_constant_fields(self) -> list[int]:
-        """Fields equal for every row of a scenario: per-scenario normalisation turns them into
-        rounding noise (STAR keeps them out of its tower)."""
-        return [self.scenario_field, *self.scenario_knowledge_fields]
+        """Fields equal for every row of a scenario (by construction, or found in the training
+        rows): per-scenario normalisation turns them into rounding noise (STAR keeps them out of
+        its tower)."""
+        fields = [self.scenario_field, *self.scenario_knowledge_fields, *self.data_constant_fields]
+        return sorted(set(fields))
 
 
 class Backbone(nn.Module):

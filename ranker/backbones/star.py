@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ranker.backbones.base import Backbone, BackboneContext
-from ranker.layers import MLP, ContextLayer, PartitionedNorm, RowGroups, gather_scenario
+from ranker.layers import EMBEDDING_INIT_STD, MLP, ContextLayer, PartitionedNorm, RowGroups, gather_scenario
 
 
 class StarLinear(ContextLayer, nn.Module):
@@ -57,7 +57,8 @@ class Star(Backbone):
         tower = [f for f in range(ctx.n_fields) if f not in constant]
         self.register_buffer("tower_fields", torch.tensor(tower, dtype=torch.long), persistent=False)
         in_dim = len(tower) * ctx.emb_dim
-        self.norm = PartitionedNorm(s, in_dim)
+        # Normalised inputs start at the embeddings' own scale (see PartitionedNorm, init_scale).
+        self.norm = PartitionedNorm(s, in_dim, init_scale=EMBEDDING_INIT_STD)
         dims = [in_dim, *ctx.hidden_dims]
         self.layers = nn.ModuleList(StarLinear(s, a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.dropout = nn.Dropout(ctx.dropout)

@@ -320,3 +320,18 @@ def test_weights_of_another_layout_are_a_clear_error(spec, tmp_path):
     other = build_model(spec, _cfg("star", False).model_copy(update={"hidden_dims": [16, 4]}))
     with pytest.raises(WeightsMismatchError, match=r"w\.safetensors: weights do not match.*git_revision"):
         load_weights(other, tmp_path / "w.safetensors")
+
+
+def test_star_tower_input_starts_at_the_embedding_scale(spec):
+    """Normalising embeddings of std 0.05 to unit scale made every embedding step 20x larger than
+    in the other backbones' towers (plain STAR on Amazon overfitted in one epoch); the partitioned
+    norm starts at the embeddings' own scale instead."""
+    from ranker.layers import EMBEDDING_INIT_STD
+
+    star = build_model(spec, _cfg("star", False)).backbone
+    star.train()
+    width = star.norm.gamma.shape[0]
+    x = torch.randn(4096, width, generator=torch.Generator().manual_seed(0)) * EMBEDDING_INIT_STD
+    scenario = torch.randint(1, spec.n_scenarios, (4096,), generator=torch.Generator().manual_seed(1))
+    out = star.norm(x, scenario)
+    assert out.std().item() == pytest.approx(EMBEDDING_INIT_STD, rel=0.05)
