@@ -177,6 +177,10 @@ class MetaConfig(Section):
     # L2 weight decay on the meta networks' parameters only (generators, projections, fallback);
     # train.weight_decay applies to the rest.
     weight_decay: float = Field(0.0, ge=0.0)
+    # Two phases: the plain model first (meta networks frozen at their identity start), then only the
+    # meta networks on that model's best epoch, frozen; the best validation epoch of both is kept.
+    # Each phase gets train.epochs and train.patience (docs/ranker.md, Warm start).
+    warm_start: bool = False
 
 
 class TrainConfig(Section):

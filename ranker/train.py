@@ -269,6 +269,13 @@ class Replicas:
         return {"world_size": self.world_size}
 
 
+def best_is_last_epoch(history: list[dict[str, Any]], best_epoch: int, epochs: int) -> bool:
+    """The best validation epoch is the last of its (phase's) epoch budget: the run may not have
+    converged. A warm-start run's phases each get `epochs`."""
+    last = history[-1] if history else {}
+    return epochs > 1 and best_epoch == last.get("epoch") and last.get("phase_epoch", best_epoch) == epochs
+
+
 def _fit(
     settings: Settings,
     spec: FeatureSpec,
@@ -292,85 +299,105 @@ def _fit(
     if rep.device.type != "cpu":
         model.to(rep.device)
     rep.prepare(model)
-    meta_ids = {id(p) for p in meta_parameters(model)}
-    groups = [
-        {
-            "params": [p for p in model.parameters() if id(p) not in meta_ids],
-            "weight_decay": cfg.weight_decay,
-        },
-        {"params": meta_parameters(model), "weight_decay": cfg.meta.weight_decay},
-    ]
-    opt = torch.optim.Adam([g for g in groups if g["params"]], lr=lr)
+    meta = meta_parameters(model)
+    meta_ids = {id(p) for p in meta}
+    backbone = [p for p in model.parameters() if id(p) not in meta_ids]
     steps = max(1, (len(train) + cfg.batch_size - 1) // cfg.batch_size)
-    sched = _scheduler(opt, cfg.lr_schedule, cfg.epochs, steps)
+
+    def optimiser(phase: str) -> tuple[torch.optim.Optimizer, Any]:
+        train_backbone, train_meta = phase != "knowledge", phase != "plain"
+        for p in backbone:
+            p.requires_grad_(train_backbone)
+        for p in meta:
+            p.requires_grad_(train_meta)
+        groups = [
+            {"params": backbone if train_backbone else [], "weight_decay": cfg.weight_decay},
+            {"params": meta if train_meta else [], "weight_decay": cfg.meta.weight_decay},
+        ]
+        opt = torch.optim.Adam([g for g in groups if g["params"]], lr=lr)
+        return opt, _scheduler(opt, cfg.lr_schedule, cfg.epochs, steps)
+
+    # meta.warm_start: phase "plain" trains embeddings and backbone with the meta networks frozen at
+    # their identity start (that is the plain model), phase "knowledge" trains only the meta networks
+    # on that model's best epoch, frozen; the best validation epoch of both is kept, so knowledge that
+    # does not help on validation leaves the plain model. Phase "all" is the one-phase default.
+    phases = ["plain", "knowledge"] if cfg.use_llm and cfg.meta.warm_start and meta else ["all"]
     history: list[dict[str, Any]] = []
     best_state, best_auc, best_epoch, bad = None, -1.0, 0, 0
     epoch_lines = Throttle()  # one line per epoch when epochs are slow; else the run's line says it
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        perm = torch.randperm(len(train), generator=gen)
-        t0 = time.perf_counter()
-        total, n = 0.0, 0
-        bar = progress(steps, f"epoch {epoch} lr={lr:g}", "step", logger=log, leave=False)
-        for step in range(steps):
-            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            if idx.numel() < 2:
-                continue
-            loss = train.loss(model, idx)
-            opt.zero_grad(set_to_none=True)
-            if loss is not None:
-                loss.backward()
-                total += float(loss.detach()) * idx.numel()
-            rep.reduce_gradients(model)
-            opt.step()
-            if sched is not None:
-                sched.step()
-            n += idx.numel()
-            bar.update(1)
-        bar.close()
-        total = rep.end_epoch(model, total)
-        seconds = time.perf_counter() - t0
-        v_auc = v_logloss = float("nan")
-        if valid is not None:
-            scores = predict(model, valid, kin, cfg.eval_batch_size, rep.device)
-            y = valid.labels.numpy()
-            v_auc, v_logloss = M.auc(y, scores), M.logloss(y, scores)
-        v_auc, v_logloss = rep.from_main([v_auc, v_logloss])
-        rec = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": total / max(n, 1),
-            "valid_auc": v_auc,
-            "valid_logloss": v_logloss,
-            "seconds": seconds,
-        }
-        history.append(rec)
-        log.log(
-            epoch_lines.level(),
-            "lr=%g epoch %d: loss %.4f valid AUC %.4f (%.1fs)",
-            lr,
-            epoch,
-            rec["train_loss"],
-            v_auc,
-            seconds,
-        )
-        if ckpt_dir is not None:
-            for old in ckpt_dir.glob("epoch_*.safetensors"):
-                old.unlink()
-            save_weights(model, ckpt_dir / f"epoch_{epoch:03d}.safetensors")
-        if np.isnan(v_auc):
-            raise DataError("validation split has a single class; cannot early-stop on AUC")
-        if v_auc > best_auc:
-            best_auc, best_epoch, bad = v_auc, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad += 1
-            if bad >= cfg.patience:
-                log.debug("early stop after epoch %d (best %d)", epoch, best_epoch)
-                break
+    epoch = 0
+    for phase in phases:
+        if phase == "knowledge":
+            model.load_state_dict(best_state)
+        opt, sched = optimiser(phase)
+        first, bad = epoch, 0
+        for epoch in range(first + 1, first + cfg.epochs + 1):
+            model.train()
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            perm = torch.randperm(len(train), generator=gen)
+            t0 = time.perf_counter()
+            total, n = 0.0, 0
+            bar = progress(steps, f"epoch {epoch} lr={lr:g}", "step", logger=log, leave=False)
+            for step in range(steps):
+                idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                if idx.numel() < 2:
+                    continue
+                loss = train.loss(model, idx)
+                opt.zero_grad(set_to_none=True)
+                if loss is not None:
+                    loss.backward()
+                    total += float(loss.detach()) * idx.numel()
+                rep.reduce_gradients(model)
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                n += idx.numel()
+                bar.update(1)
+            bar.close()
+            total = rep.end_epoch(model, total)
+            seconds = time.perf_counter() - t0
+            v_auc = v_logloss = float("nan")
+            if valid is not None:
+                scores = predict(model, valid, kin, cfg.eval_batch_size, rep.device)
+                y = valid.labels.numpy()
+                v_auc, v_logloss = M.auc(y, scores), M.logloss(y, scores)
+            v_auc, v_logloss = rep.from_main([v_auc, v_logloss])
+            rec = {
+                "epoch": epoch,
+                "lr": lr,
+                "train_loss": total / max(n, 1),
+                "valid_auc": v_auc,
+                "valid_logloss": v_logloss,
+                "seconds": seconds,
+            }
+            if len(phases) > 1:
+                rec |= {"phase": phase, "phase_epoch": epoch - first}
+            history.append(rec)
+            log.log(
+                epoch_lines.level(),
+                "lr=%g epoch %d: loss %.4f valid AUC %.4f (%.1fs)",
+                lr,
+                epoch,
+                rec["train_loss"],
+                v_auc,
+                seconds,
+            )
+            if ckpt_dir is not None:
+                for old in ckpt_dir.glob("epoch_*.safetensors"):
+                    old.unlink()
+                save_weights(model, ckpt_dir / f"epoch_{epoch:03d}.safetensors")
+            if np.isnan(v_auc):
+                raise DataError("validation split has a single class; cannot early-stop on AUC")
+            if v_auc > best_auc:
+                best_auc, best_epoch, bad = v_auc, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad += 1
+                if bad >= cfg.patience:
+                    log.debug("early stop after epoch %d (best %d)", epoch, best_epoch)
+                    break
     assert best_state is not None
-    if best_epoch == cfg.epochs and cfg.epochs > 1:
+    if best_is_last_epoch(history, best_epoch, cfg.epochs):
         log.warning(
             "lr=%g: the best validation AUC is at the last epoch (%d): the model may not have converged; "
             "compare variants only when both converged (raise train.epochs)",
@@ -549,7 +576,7 @@ def train_and_write(
             "epochs": history,
             "best_epoch": best_epoch,
             # the best epoch is the last one: validation AUC was still rising (maybe not converged)
-            "best_is_last_epoch": best_epoch == len(history) == cfg.epochs,
+            "best_is_last_epoch": best_is_last_epoch(history, best_epoch, cfg.epochs),
             "best_valid_auc": best_auc,
             "lr": lr,
             "lr_sweep": sweep if len(lrs) > 1 else [],

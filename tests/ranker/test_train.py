@@ -162,3 +162,37 @@ def test_cli_train_seeds_and_report(tmp_path, tiny_data, tiny_knowledge, capsys)
     assert "does not exist" in capsys.readouterr().err
     assert cli([*base, "--seeds", "a,b", "--no-llm", "--out", str(tmp_path / "z")]) == 2
     assert cli(["report", str(tmp_path / "rep"), "--out", str(tmp_path / "r2")]) == 2
+
+
+@pytest.mark.parametrize("backbone", ["shared_bottom", "star"])
+def test_warm_start_first_trains_the_plain_model_then_keeps_the_better(
+    tmp_path, tiny_data, tiny_knowledge, backbone
+):
+    """meta.warm_start: the plain phase is the plain backbone (same validation AUC every epoch,
+    the meta networks frozen at their identity start), the knowledge phase trains only the meta
+    networks on its best epoch, and the run keeps the best validation epoch of both."""
+    common = ("train.epochs=3", "train.patience=3", f"train.backbone={backbone}")
+    plain = train(fast_settings(*common, "train.use_llm=false"), tiny_data, None, tmp_path / "plain")
+    warm = train(
+        fast_settings(*common, "train.meta.warm_start=true"), tiny_data, tiny_knowledge, tmp_path / "warm"
+    )
+    epochs = warm.metrics["epochs"]
+    phase1 = [e for e in epochs if e["phase"] == "plain"]
+    phase2 = [e for e in epochs if e["phase"] == "knowledge"]
+    assert [e["phase_epoch"] for e in phase1] == [1, 2, 3] and phase2
+    assert [e["epoch"] for e in epochs] == list(range(1, len(epochs) + 1))
+    assert [e["valid_auc"] for e in phase1] == pytest.approx(
+        [e["valid_auc"] for e in plain.metrics["epochs"]], abs=1e-6
+    )
+    assert warm.best_valid_auc == max(e["valid_auc"] for e in epochs) >= plain.best_valid_auc
+    metrics = json.loads((tmp_path / "warm" / "metrics.json").read_text())
+    assert metrics["best_is_last_epoch"] == (warm.best_epoch == len(epochs) and len(phase2) == 3)
+    # the backbone's and embeddings' weights are the plain run's best epoch, untouched (buffers such
+    # as STAR's running statistics follow the meta-transformed input, as training-mode batch
+    # statistics do)
+    warm_params = dict(load_run(tmp_path / "warm")[0].named_parameters())
+    plain_params = dict(load_run(tmp_path / "plain")[0].named_parameters())
+    shared = [k for k in plain_params if k.startswith(("embedding.", "backbone."))]
+    assert shared
+    for key in shared:
+        assert torch.equal(warm_params[key], plain_params[key]), key
