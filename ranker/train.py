@@ -273,7 +273,7 @@ def best_is_last_epoch(history: list[dict[str, Any]], best_epoch: int, epochs: i
     """The best validation epoch is the last of its (phase's) epoch budget: the run may not have
     converged. A warm-start run's phases each get `epochs`."""
     last = history[-1] if history else {}
-    return epochs > 1 and best_epoch == last.get("epoch") and last.get("phase_epoch", best_epoch) == epochs
+    return best_epoch == last.get("epoch") and last.get("phase_epoch", best_epoch) == epochs
 
 
 def _fit(
@@ -397,7 +397,7 @@ def _fit(
                     log.debug("early stop after epoch %d (best %d)", epoch, best_epoch)
                     break
     assert best_state is not None
-    if best_is_last_epoch(history, best_epoch, cfg.epochs):
+    if cfg.epochs > 1 and best_is_last_epoch(history, best_epoch, cfg.epochs):
         log.warning(
             "lr=%g: the best validation AUC is at the last epoch (%d): the model may not have converged; "
             "compare variants only when both converged (raise train.epochs)",
