@@ -184,7 +184,8 @@ def test_warm_start_first_trains_the_plain_model_then_keeps_the_better(
     assert [e["valid_auc"] for e in phase1] == pytest.approx(
         [e["valid_auc"] for e in plain.metrics["epochs"]], abs=1e-6
     )
-    assert warm.best_valid_auc == max(e["valid_auc"] for e in epochs) >= plain.best_valid_auc
+    assert warm.best_valid_auc == max(e["valid_auc"] for e in epochs)
+    assert warm.best_valid_auc >= plain.best_valid_auc - 1e-6  # the plain phase is matched above to 1e-6
     metrics = json.loads((tmp_path / "warm" / "metrics.json").read_text())
     assert metrics["best_is_last_epoch"] == (warm.best_epoch == len(epochs) and len(phase2) == 3)
     # the backbone's and embeddings' weights are the plain run's best epoch, untouched (buffers such
