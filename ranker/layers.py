@@ -6,9 +6,10 @@ inference nothing depends on batch statistics, so a row's score never depends on
 
 Layers whose weights depend on a row's context (weights generated from knowledge, STAR's
 per-scenario weights, M2M's meta tower) implement `ContextLayer`: `weights(ctx)` and `apply_weights(x, *w)`.
-Their one reference forward (training, and what every faster path is tested against) is
-`ContextLayer.reference`. The one faster path is `RowGroups`: at inference, rows that share a
-context get its weights computed once. A backbone without such layers needs nothing of this.
+Their one reference forward (what every faster path is tested against, and the training path of
+per-user contexts) is `ContextLayer.reference`. The one faster path is `RowGroups`: rows that share
+a context get its weights computed once, at inference and, for contexts that are a function of the
+scenario, in training too. A backbone without such layers needs nothing of this.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ def grouping(mode: GroupingMode) -> Iterator[None]:
 class RowGroups:
     """Which rows of a batch share the context their weights come from; the one inference fast path.
 
-    Training, tracing and batches that do not group take the reference (`reps is None`: every row
-    its own group). Otherwise `reps[g]` is a row of group g and `inverse[i]` the group of row i, and
+    Training (unless `build(in_training=True)`: scenario contexts), tracing and batches that do not
+    group take the reference (`reps is None`: every row its own group). Otherwise `reps[g]` is a row of group g and `inverse[i]` the group of row i, and
     `run` computes each group's weights once:
 
     * eager evaluation (`slot`): exact groups of an id column (`hint`), laid out in a zero-padded
@@ -87,16 +88,31 @@ class RowGroups:
 
     @classmethod
     def build(
-        cls, module: nn.Module, keys: Sequence[torch.Tensor], hint: torch.Tensor, max_fraction: float = 0.25
+        cls,
+        module: nn.Module,
+        keys: Sequence[torch.Tensor],
+        hint: torch.Tensor,
+        max_fraction: float = 0.25,
+        *,
+        in_training: bool = False,
     ) -> RowGroups:
         """Group rows by `keys` (the inputs the weights are computed from) for `module`'s forward.
 
         `hint` is an id column that should determine the keys (user id, scenario index): eager
         grouping sorts it, then checks the keys against it, so a hint that does not determine them
         only costs the check (and the reference runs).
+
+        `in_training=True` groups in training too. For contexts that are a function of the scenario
+        (a batch holds a few scenarios by construction) it computes a few weight sets per step instead
+        of one per row; gradients flow through the gather/scatter (parity-tested like the forward).
         """
         mode = _MODE[-1]
-        if mode == "reference" or module.training or torch.jit.is_tracing() or torch.jit.is_scripting():
+        if (
+            mode == "reference"
+            or (module.training and not in_training)
+            or torch.jit.is_tracing()
+            or torch.jit.is_scripting()
+        ):
             return cls()
         if mode == "first_row" or torch.compiler.is_exporting():
             return cls.first_row(keys)

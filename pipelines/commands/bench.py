@@ -6,7 +6,7 @@ import argparse
 import importlib
 import logging
 
-AREAS = ["data", "knowledge", "store", "ranker", "serving"]
+AREAS = ["data", "knowledge", "store", "ranker", "train", "serving"]
 log = logging.getLogger(__name__)
 
 

@@ -39,7 +39,9 @@ class M2M(Backbone):
         experts = torch.stack([ex(x) for ex in self.experts], dim=1)  # [B, E, H]
         scores = self.att_v(torch.tanh(self.att_expert(experts) + self.att_scen(scen).unsqueeze(1)))
         h = (torch.softmax(scores, dim=1) * experts).sum(1)  # [B, H]
-        groups = RowGroups.build(self, (scen,), scenario)
+        # The scenario embedding is the context: a few weight sets per batch, in training too
+        # (unless user-level meta layers made it differ per row; then the check falls back).
+        groups = RowGroups.build(self, (scen,), scenario, in_training=True)
         ctx = groups.gather(scen)
         for gen_w, gen_b in zip(self.meta_w, self.meta_b, strict=True):
             h = groups.run(MetaUnit(gen_w, gen_b), h, ctx)
@@ -57,6 +59,18 @@ class MetaUnit(ContextLayer):
     def weights(self, scen: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = self.gen_b.out_features
         return self.gen_w(scen).view(-1, h, h), self.gen_b(scen)
+
+    def reference(self, x: torch.Tensor, scen: torch.Tensor) -> torch.Tensor:
+        """x [B, H], scen [B, E] -> [B, H] without per-row [H, H] weights: x W(e) is bilinear in
+        (x, [e, 1]), so it is one GEMM of their outer product [B, H·(E+1)] with the generator's
+        weight and bias (the same function; used when user-level meta layers make e differ per row)."""
+        n, h, k = x.shape[0], self.gen_b.out_features, scen.shape[1] + 1
+        e1 = torch.cat([scen, scen.new_ones(n, 1)], 1)  # [B, E+1]
+        w = torch.cat(
+            [self.gen_w.weight.view(h, h, k - 1), self.gen_w.bias.view(h, h, 1)], 2
+        )  # [in, out, E+1]
+        xw = (x.unsqueeze(-1) * e1.unsqueeze(1)).reshape(n, h * k) @ w.transpose(1, 2).reshape(h * k, h)
+        return x + torch.relu(xw + self.gen_b(scen))
 
     def apply_weights(self, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
         w, b = weights
