@@ -426,7 +426,13 @@ def reusable(run_dir: Path, settings: Settings) -> bool:
     if not (run_dir / "metrics.json").is_file() or not (run_dir / "config.yaml").is_file():
         return False
     saved = load_config(run_dir / "config.yaml")
-    return saved.train == settings.train and saved.eval == settings.eval
+    if saved.eval != settings.eval:
+        return False
+    if settings.train.use_llm:
+        return saved.train == settings.train
+    # a plain run has no meta networks: their settings do not change it, so variants of them share it
+    meta = {"meta"}
+    return saved.train.model_dump(exclude=meta) == settings.train.model_dump(exclude=meta)
 
 
 def ensure_baseline(data_dir: Path, run_dir: Path, settings: Settings) -> None:

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jinja2
 import polars as pl
@@ -36,6 +36,7 @@ from llm4msr.atomic import sha256_text
 
 log = logging.getLogger(__name__)
 
+Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TOP_CATEGORIES = 5
 
@@ -96,11 +97,40 @@ def _tokenize(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
 
 def training_history(ds: CanonicalDataset) -> pl.DataFrame:
     """Training interactions only (split == train and timestamp <= the user's cutoff), with item text."""
-    inter = ds.interactions.filter(pl.col("split") == "train")
-    inter = inter.join(ds.users.select("user_id", "train_cutoff"), on="user_id", how="left")
-    inter = inter.filter(pl.col("train_cutoff").is_null() | (pl.col("timestamp") <= pl.col("train_cutoff")))
     items = ds.items.select("item_id", "title", "categories")
-    return inter.join(items, on="item_id", how="left").drop("train_cutoff")
+    return _before_cutoff(ds.interactions, ds.users).join(items, on="item_id", how="left")
+
+
+def _before_cutoff(inter: Frame, users: Frame) -> Frame:
+    """The rows prompts may describe: split == train and timestamp <= the user's train_cutoff."""
+    inter = inter.filter(pl.col("split") == "train")
+    inter = inter.join(users.select("user_id", "train_cutoff"), on="user_id", how="left")
+    inter = inter.filter(pl.col("train_cutoff").is_null() | (pl.col("timestamp") <= pl.col("train_cutoff")))
+    return inter.drop("train_cutoff")
+
+
+def newest_per_scenario(hist: Frame, n: int) -> Frame:
+    """The `n` most recent rows per (user, scenario): the history entries a user prompt lists.
+    Ties are broken by item id (newest first) so the choice is deterministic."""
+    return (
+        hist.sort(["user_id", "scenario_id", "timestamp", "item_id"], descending=[False, False, True, True])
+        .with_columns(rank=pl.int_range(pl.len()).over(["user_id", "scenario_id"]))
+        .filter(pl.col("rank") < n)
+    )
+
+
+def described_rows(
+    interactions: pl.LazyFrame, users: pl.DataFrame, max_history_per_scenario: int
+) -> pl.LazyFrame:
+    """Row numbers (column `row`, 0-based, in `interactions` order) of the rows that user prompts
+    list with their label: the `max_history_per_scenario` newest training interactions of each
+    (user, scenario) (`user_prompts`). Entries the token budget drops still count as listed, so
+    the answer errs towards listed. The ranker keeps a row's label out of the knowledge it trains
+    with on these rows (`train.meta.mask_described`). Lazy, so a distributed trainer can scan the
+    interactions file instead of holding it."""
+    inter = interactions.with_row_index("row")
+    hist = _before_cutoff(inter, users.lazy())
+    return newest_per_scenario(hist, max_history_per_scenario).select("row")
 
 
 def scenario_prompts(ds: CanonicalDataset, template: Template, tokenizer: Any, budget: int) -> list[Prompt]:
@@ -166,15 +196,9 @@ def user_prompts(
     user_ids: set[str] | None = None,
 ) -> tuple[list[Prompt], list[str]]:
     """Prompts for users with training history (optionally only `user_ids`); also the ids without history."""
-    hist = training_history(ds)
+    hist = newest_per_scenario(training_history(ds), max_history_per_scenario)
     scen_names = dict(zip(ds.scenarios["scenario_id"].to_list(), ds.scenarios["name"].to_list(), strict=True))
     scen_order = {s: i for i, s in enumerate(sorted(scen_names))}
-    # most recent N per (user, scenario); ties broken by item id so the choice is deterministic
-    hist = (
-        hist.sort(["user_id", "scenario_id", "timestamp", "item_id"], descending=[False, False, True, True])
-        .with_columns(rank=pl.int_range(pl.len()).over(["user_id", "scenario_id"]))
-        .filter(pl.col("rank") < max_history_per_scenario)
-    )
     per_user: dict[str, list[dict[str, Any]]] = {}
     for r in hist.select(
         "user_id", "scenario_id", "timestamp", "item_id", "title", "categories", "label"

@@ -177,10 +177,23 @@ class MetaConfig(Section):
     # L2 weight decay on the meta networks' parameters only (generators, projections, fallback);
     # train.weight_decay applies to the rest.
     weight_decay: float = Field(0.0, ge=0.0)
+    # Learning rate of the meta networks' parameters as a multiple of train.lr: below 1 they move
+    # slower than the ids, so knowledge cannot memorise users faster than their embeddings learn.
+    lr_scale: float = Field(1.0, gt=0.0)
+    # Training rows that the user's prompt lists with their label (its newest
+    # knowledge.max_history_per_scenario training rows per scenario, as the snapshot's manifest
+    # records) see the fallback instead of the user's knowledge, so the model cannot learn to read a
+    # row's own label out of the knowledge: valid, test and served rows are never listed.
+    mask_described: bool = False
     # Two phases: the plain model first (meta networks frozen at their identity start), then only the
     # meta networks on that model's best epoch, frozen; the best validation epoch of both is kept.
     # Each phase gets train.epochs and train.patience (docs/ranker.md, Warm start).
     warm_start: bool = False
+    # Warm start only: a knowledge-phase epoch replaces the plain phase's best model only if its
+    # validation AUC is higher by more than this many DeLong standard errors, paired on the same
+    # rows (0: any gain). The two models share their backbone, so real gains clear it and noise
+    # does not (docs/ranker.md, Warm start).
+    warm_start_min_z: float = Field(2.0, ge=0.0)
 
 
 class TrainConfig(Section):

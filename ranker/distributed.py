@@ -50,7 +50,9 @@ from ranker.train import (
     RunResult,
     _check_knowledge,
     candidates_from,
+    described_train_mask,
     encode,
+    mask_knowledge,
     train_and_write,
 )
 
@@ -423,14 +425,18 @@ def _train(
         ]
         frame = read_train_shard(path, lo, hi)
         enc = encode(frame, ds, spec, kt, f"{path} rows {lo}:{hi}")
+        masked = 0
+        if kt is not None and cfg.use_llm and cfg.meta.mask_described:
+            mask = described_train_mask(pl.scan_parquet(path), ds.users, kt, (lo, hi))
+            masked = int(round(mask_knowledge(enc, mask) * len(enc)))
         error = None
     except Exception as exc:  # noqa: BLE001
         error = exc
     rep.agree(error, "reading its training rows")
     counts = [0] * rep.world_size
     counts[rep.rank] = len(enc)
-    no_knowledge = int((enc.uidx == 0).sum())
-    *counts, no_knowledge = rep.sum_ints([*counts, no_knowledge])
+    no_knowledge = int((enc.uidx == 0).sum()) - masked
+    *counts, no_knowledge, masked = rep.sum_ints([*counts, no_knowledge, masked])
     n_train = sum(counts)
     if n_train == 0:
         raise DataError(f"{path}: no rows with split == 'train'")
@@ -439,6 +445,8 @@ def _train(
     if ev is not None:
         ev.rows = {"train": n_train, **{s: len(e) for s, e in ev.enc.items()}}
         ev.fallback = _fallback(ev, kt, scan, no_knowledge, n_train) if kt is not None else None
+        if ev.fallback is not None and cfg.use_llm and cfg.meta.mask_described:
+            ev.fallback["masked_train_rows"] = masked / n_train
     log.info(
         "distributed training: %d ranks (%s), %d training rows, per rank %s",
         rep.world_size,

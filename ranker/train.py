@@ -35,7 +35,7 @@ from torch import nn
 
 from feature_store.build import recorded_data_config
 from feature_store.dataset import CanonicalDataset, DataError, load_dataset
-from feature_store.knowledge_snapshot import check_dataset
+from feature_store.knowledge_snapshot import SnapshotError, check_dataset
 from llm4msr.atomic import atomic_directory, write_json_atomic, write_text_atomic
 from llm4msr.config import ConfigError, EvalConfig, Settings
 from llm4msr.errors import OutputExistsError
@@ -312,7 +312,11 @@ def _fit(
             p.requires_grad_(train_meta)
         groups = [
             {"params": backbone if train_backbone else [], "weight_decay": cfg.weight_decay},
-            {"params": meta if train_meta else [], "weight_decay": cfg.meta.weight_decay},
+            {
+                "params": meta if train_meta else [],
+                "weight_decay": cfg.meta.weight_decay,
+                "lr": lr * cfg.meta.lr_scale,
+            },
         ]
         opt = torch.optim.Adam([g for g in groups if g["params"]], lr=lr)
         return opt, _scheduler(opt, cfg.lr_schedule, cfg.epochs, steps)
@@ -326,6 +330,8 @@ def _fit(
     best_state, best_auc, best_epoch, bad = None, -1.0, 0, 0
     epoch_lines = Throttle()  # one line per epoch when epochs are slow; else the run's line says it
     epoch = 0
+    last_plain_scores: np.ndarray | None = None
+    plain_best_scores: np.ndarray | None = None  # validation scores of the plain phase's best epoch
     for phase in phases:
         if phase == "knowledge":
             model.load_state_dict(best_state)
@@ -356,12 +362,16 @@ def _fit(
             bar.close()
             total = rep.end_epoch(model, total)
             seconds = time.perf_counter() - t0
-            v_auc = v_logloss = float("nan")
+            v_auc = v_logloss = z_vs_plain = float("nan")
             if valid is not None:
                 scores = predict(model, valid, kin, cfg.eval_batch_size, rep.device)
                 y = valid.labels.numpy()
                 v_auc, v_logloss = M.auc(y, scores), M.logloss(y, scores)
-            v_auc, v_logloss = rep.from_main([v_auc, v_logloss])
+                if phase == "plain":
+                    last_plain_scores = scores
+                elif plain_best_scores is not None:
+                    z_vs_plain = _paired_z(y, plain_best_scores, scores)
+            v_auc, v_logloss, z_vs_plain = rep.from_main([v_auc, v_logloss, z_vs_plain])
             rec = {
                 "epoch": epoch,
                 "lr": lr,
@@ -372,6 +382,8 @@ def _fit(
             }
             if len(phases) > 1:
                 rec |= {"phase": phase, "phase_epoch": epoch - first}
+                if phase == "knowledge":
+                    rec["z_vs_plain"] = z_vs_plain if np.isfinite(z_vs_plain) else None
             history.append(rec)
             log.log(
                 epoch_lines.level(),
@@ -388,9 +400,14 @@ def _fit(
                 save_weights(model, ckpt_dir / f"epoch_{epoch:03d}.safetensors")
             if np.isnan(v_auc):
                 raise DataError("validation split has a single class; cannot early-stop on AUC")
-            if v_auc > best_auc:
+            # warm start: a knowledge epoch replaces the plain model only beyond warm_start_min_z
+            # paired SE on validation (the two share the backbone, so the SE is small)
+            gated = phase == "knowledge" and not z_vs_plain > cfg.meta.warm_start_min_z
+            if v_auc > best_auc and not gated:
                 best_auc, best_epoch, bad = v_auc, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
+                if phase == "plain":
+                    plain_best_scores = last_plain_scores
             else:
                 bad += 1
                 if bad >= cfg.patience:
@@ -488,6 +505,13 @@ def train(
     if kt is not None:  # every scenario in the data must have a vector
         kt.lookup(inter.select("user_id", "scenario_id"), f"{data_dir}/interactions.parquet")
     enc = {name: encode(frame, ds, spec, kt, f"{data_dir}/{name}") for name, frame in splits.items()}
+    fallback = _fallback_rates(enc, inter) if kt is not None else None
+    if kt is not None and cfg.use_llm and cfg.meta.mask_described:
+        fallback = (fallback or {}) | {
+            "masked_train_rows": mask_knowledge(
+                enc["train"], described_train_mask(inter.lazy(), ds.users, kt)
+            )
+        }
     cands = sample_candidates(ds, settings.eval)
     enc_cand = encode(cands, ds, spec, kt, f"{data_dir}/sampled candidates")
     kin = KnowledgeInputs(kt)
@@ -501,7 +525,7 @@ def train(
         cands=cands,
         enc_cand=enc_cand,
         rows={name: len(e) for name, e in enc.items()},
-        fallback=_fallback_rates(enc, inter) if kt is not None else None,
+        fallback=fallback,
     )
     result = train_and_write(settings, spec, kin, LocalRows(enc["train"], kin), ev, out, overwrite, t_start)
     assert result is not None
@@ -643,6 +667,45 @@ def train_and_write(
     return RunResult(
         run_dir=out, lr=lr, best_epoch=best_epoch, best_valid_auc=best_auc, metrics=metrics, run_info=run_info
     )
+
+
+def _paired_z(labels: np.ndarray, plain_scores: np.ndarray, scores: np.ndarray) -> float:
+    """(AUC of `scores` − AUC of `plain_scores`) in DeLong standard errors on the same rows."""
+    from ranker.selection import paired_auc_delta
+
+    a, b, se = paired_auc_delta(labels, plain_scores, scores)
+    if se > 0:
+        return (b - a) / se
+    return 0.0 if b == a else float(np.copysign(np.inf, b - a))
+
+
+def described_train_mask(
+    interactions: pl.LazyFrame, users: pl.DataFrame, kt: KnowledgeTables, rows: tuple[int, int] | None = None
+) -> np.ndarray:
+    """meta.mask_described: for the training rows of `interactions` (file rows [lo, hi) of `rows`
+    only, in order), True where the user's prompt lists the row with its label
+    (`knowledge_service.prompts.described_rows`, with the snapshot's max_history_per_scenario)."""
+    from knowledge_service.prompts import described_rows
+
+    n_hist = kt.manifest.get("max_history_per_scenario")
+    if n_hist is None:
+        raise SnapshotError(
+            f"knowledge snapshot {kt.path} does not record max_history_per_scenario, which "
+            "train.meta.mask_described needs; rebuild it or set train.meta.mask_described=false"
+        )
+    listed = described_rows(interactions, users, int(n_hist)).collect()["row"]
+    train = interactions.with_row_index("row").filter(pl.col("split") == "train")
+    if rows is not None:
+        train = train.filter(pl.col("row").is_between(rows[0], rows[1], closed="left"))
+    return train.select(pl.col("row").is_in(listed.implode())).collect().to_series().to_numpy()
+
+
+def mask_knowledge(enc: Encoded, mask: np.ndarray) -> float:
+    """Rows of `mask` see no user knowledge (index 0: the learned fallback); returns their share."""
+    if mask.shape[0] != len(enc):
+        raise ValueError(f"mask of {mask.shape[0]} rows for {len(enc)} training rows")
+    enc.uidx[torch.from_numpy(mask)] = 0
+    return float(mask.mean()) if mask.size else 0.0
 
 
 def _fallback_rates(enc: dict[str, Encoded], inter: pl.DataFrame) -> dict[str, Any]:

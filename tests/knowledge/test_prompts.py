@@ -107,3 +107,21 @@ def test_cli_prompts_renders_without_llm(tiny_dataset_dir, capsys):
     assert "user 'nobody' is not in" in capsys.readouterr().err
     assert main(["knowledge", "prompts", "--data", str(tiny_dataset_dir), "--llm", "/no/such"]) == 2
     assert "folder /no/such does not exist" in capsys.readouterr().err
+
+
+def test_described_rows_are_the_rows_prompts_list(tok, templates):
+    """What the ranker masks (train.meta.mask_described) is what the prompts list with labels."""
+    import polars as pl
+
+    from knowledge_service.prompts import described_rows
+
+    ds = tiny_dataset(per_scenario=5)
+    users, _ = user_prompts(ds, templates[1], tok, budget=512, max_history_per_scenario=2)
+    rows = described_rows(ds.interactions.lazy(), ds.users, 2).collect()["row"]
+    listed = ds.interactions.with_row_index("row").filter(pl.col("row").is_in(rows.implode()))
+    assert set(listed["split"]) == {"train"}  # valid/test rows are never listed
+    per_user = listed.group_by("user_id").len()
+    assert dict(per_user.iter_rows()) == {p.entity_id: p.n_history for p in users}
+    u0 = next(p for p in users if p.entity_id == "u0")
+    for r in listed.filter(pl.col("user_id") == "u0").join(ds.items, on="item_id").iter_rows(named=True):
+        assert f"{r['title']} (" in u0.text  # the listed row (and its label) is in the prompt

@@ -84,6 +84,7 @@ def make_snapshot(
     drop_scenarios: int = 0,
     tastes: np.ndarray | None = None,
     dataset_version: str | None = "from-data",
+    max_history: int = 10,
 ) -> Path:
     """A current snapshot of random (or taste-bearing) vectors in an OfflineStore at `root`; returns root.
 
@@ -122,6 +123,7 @@ def make_snapshot(
                 "pooling": "MEAN",
                 "knowledge_family": knowledge_family("random", "MEAN", dim),
                 **_dataset_ids(data_dir, dataset_version),
+                "max_history_per_scenario": max_history,
             },
             "float32",
         )

@@ -232,3 +232,21 @@ def test_a_failed_rank_stops_the_job(grouped: tuple[Path, Path], tmp_path: Path)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0
     assert "already exists" in output and "rank 0/2 failed while loading the dataset" in output, output
+
+
+def test_shard_masks_together_are_the_one_process_mask(grouped: tuple[Path, Path]) -> None:
+    """train.meta.mask_described: each rank masks its own rows exactly as one process masks all."""
+    from ranker.knowledge import load_knowledge
+    from ranker.train import described_train_mask
+
+    data, knowledge = grouped
+    kt = load_knowledge(knowledge)
+    path = data / "interactions.parquet"
+    users = pl.read_parquet(data / "users.parquet")
+    full = described_train_mask(pl.scan_parquet(path), users, kt)
+    assert 0 < full.mean() < 1 and full.size == read_train_shard(path, 0, 10**9).height
+    md = pq.ParquetFile(path).metadata
+    bounds = shard_bounds([md.row_group(i).num_rows for i in range(md.num_row_groups)], 3)
+    parts = [described_train_mask(pl.scan_parquet(path), users, kt, b) for b in bounds]
+    assert [p.size for p in parts] == [read_train_shard(path, *b).height for b in bounds]
+    assert np.array_equal(np.concatenate(parts), full)

@@ -197,3 +197,54 @@ def test_warm_start_first_trains_the_plain_model_then_keeps_the_better(
     assert shared
     for key in shared:
         assert torch.equal(warm_params[key], plain_params[key]), key
+
+
+def test_meta_lr_scale_slows_only_the_meta_networks(tmp_path, tiny_data, tiny_knowledge):
+    """meta.lr_scale: the meta networks' parameters step at lr × lr_scale (Adam steps scale with
+    the learning rate), so the zero-initialised generators move about that much less."""
+    common = ("train.epochs=1", "train.backbone=shared_bottom", "train.lr_schedule=none")
+    moved = {}
+    for scale in (1.0, 0.01):
+        train(
+            fast_settings(*common, f"train.meta.lr_scale={scale}"),
+            tiny_data,
+            tiny_knowledge,
+            tmp_path / str(scale),
+        )
+        params = dict(load_run(tmp_path / str(scale))[0].named_parameters())
+        zero_init = [k for k in params if k.startswith(("user_meta.", "scenario_meta.")) and ".gen_v." in k]
+        assert zero_init
+        moved[scale] = sum(float(params[k].detach().abs().max()) for k in zero_init)
+    assert 0 < moved[0.01] < 0.05 * moved[1.0]
+
+
+def test_warm_start_gate_keeps_the_plain_model_unless_knowledge_clears_it(
+    tmp_path, tiny_data, tiny_knowledge
+):
+    """meta.warm_start_min_z: a knowledge epoch replaces the plain phase's best only beyond that many
+    paired SE on validation; with an unreachable bar the kept model is the plain phase's best epoch,
+    and every knowledge epoch records its z against it."""
+    common = (
+        "train.epochs=3",
+        "train.patience=3",
+        "train.backbone=shared_bottom",
+        "train.meta.warm_start=true",
+    )
+    gated = train(
+        fast_settings(*common, "train.meta.warm_start_min_z=1e9"),
+        tiny_data,
+        tiny_knowledge,
+        tmp_path / "gated",
+    )
+    epochs = gated.metrics["epochs"]
+    plain = [e for e in epochs if e["phase"] == "plain"]
+    knowledge = [e for e in epochs if e["phase"] == "knowledge"]
+    assert knowledge and all(e["z_vs_plain"] is not None for e in knowledge)
+    assert gated.best_epoch in [e["epoch"] for e in plain]
+    assert gated.best_valid_auc == max(e["valid_auc"] for e in plain)
+    open_gate = train(
+        fast_settings(*common, "train.meta.warm_start_min_z=0"), tiny_data, tiny_knowledge, tmp_path / "open"
+    )
+    # with no bar, any knowledge epoch whose z is positive and AUC higher may be kept
+    best = max(open_gate.metrics["epochs"], key=lambda e: e["valid_auc"])
+    assert open_gate.best_valid_auc == best["valid_auc"] >= gated.best_valid_auc

@@ -1,0 +1,146 @@
+"""Meta-network settings compared against the ranker benchmark's plain runs, on validation and test.
+
+Issue 11 asks that the +LLM4MSR defaults be chosen on validation, never on test. This trains
++LLM4MSR with extra `--set train.*` overrides for each backbone and seed on the data and knowledge
+snapshot that `llm4msr bench ranker` built under ROOT, beside the plain runs it trained there, and
+prints per backbone:
+
+- valid Δ: mean over seeds of the best validation AUC minus plain's (what a choice may read);
+- test Δ overall ± Welch SE, the scenarios where the variant is below plain by more than one seed
+  std ("never worse" fails) and whether it beats plain by more than 2 SE (the report's rules).
+
+Runs go to ROOT/sweeps/<name>/ and are reused when their settings match; each call appends its
+table to ROOT/sweeps/results.jsonl.
+
+    python -m bench.meta_sweep --root artifacts/bench/ranker/ml-100k --name lrs0.1 \\
+        --set train.meta.lr_scale=0.1
+    python -m bench.meta_sweep --root artifacts/bench/ranker/ml-100k-random --name raw   # the defaults
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench.ranker import ALL_BACKBONES, reusable
+from llm4msr.config import load_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One backbone of one setting: validation and test AUC change against plain, over seeds."""
+
+    backbone: str
+    valid_delta: float
+    test_delta: float
+    test_se: float
+    worse_in: list[str]
+    beats: bool
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.meta_sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--root", required=True, help="a `bench ranker` dataset folder (data/, knowledge/, runs/)")
+    p.add_argument("--name", required=True, help="name of this setting (folder under ROOT/sweeps)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--backbones", default=",".join(ALL_BACKBONES))
+    p.add_argument("--seeds", default="0,1,2")
+    return p.parse_args(argv)
+
+
+def train_variant(root: Path, name: str, overrides: list[str], backbone: str, seed: int) -> Path:
+    """The +LLM4MSR run of one backbone and seed with `overrides` (reused when already trained)."""
+    from ranker.train import train
+
+    run_dir = root / "sweeps" / name / f"{backbone}-llm-seed{seed}"
+    plain = load_config(root / "runs" / f"{backbone}-plain-seed{seed}" / "config.yaml")
+    settings = load_config(
+        overrides=[
+            f"train.backbone={backbone}",
+            "train.use_llm=true",
+            f"train.seed={seed}",
+            f"train.epochs={plain.train.epochs}",
+            *overrides,
+        ]
+    )
+    if not reusable(run_dir, settings):
+        train(settings, root / "data", root / "knowledge", run_dir, overwrite=True)
+    return run_dir
+
+
+def compare(
+    root: Path, name: str, overrides: list[str], backbones: list[str], seeds: list[int]
+) -> list[SweepRow]:
+    """Train what is missing, then one SweepRow per backbone (plain runs must exist under ROOT/runs)."""
+    from ranker.report import deltas, find_runs, summarize, verdicts
+
+    rows = []
+    for backbone in backbones:
+        plain_dirs = [root / "runs" / f"{backbone}-plain-seed{s}" for s in seeds]
+        missing = [str(d) for d in plain_dirs if not (d / "metrics.json").is_file()]
+        if missing:
+            raise SystemExit(f"error: plain runs missing (run `llm4msr bench ranker` first): {missing}")
+        llm_dirs = [train_variant(root, name, overrides, backbone, s) for s in seeds]
+        runs = find_runs([*plain_dirs, *llm_dirs])
+        rows_d = deltas(summarize(runs))
+        verdict = verdicts(rows_d)[0]
+        valid = [
+            json.loads((b / "metrics.json").read_text())["best_valid_auc"]
+            - json.loads((a / "metrics.json").read_text())["best_valid_auc"]
+            for a, b in zip(plain_dirs, llm_dirs, strict=True)
+        ]
+        assert verdict.overall is not None
+        rows.append(
+            SweepRow(
+                backbone,
+                statistics.fmean(valid),
+                verdict.overall.delta,
+                verdict.overall.se,
+                verdict.worse_scenarios or [],
+                bool(verdict.beats_overall),
+            )
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from llm4msr.logs import setup_logging
+
+    args = parse_args(argv)
+    setup_logging()
+    root = Path(args.root)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = compare(root, args.name, args.overrides, args.backbones.split(","), seeds)
+    print(f"{root.name} {args.name} {' '.join(args.overrides) or '(defaults)'}")
+    for r in rows:
+        print(
+            f"  {r.backbone:14s} valid Δ {r.valid_delta:+.4f}  test Δ {r.test_delta:+.4f} ± {r.test_se:.4f}"
+            f"  worse in: {','.join(r.worse_in) or '-':24s} beats: {'yes' if r.beats else 'no'}"
+        )
+    never = sum(not r.worse_in for r in rows)
+    beats = sum(r.beats for r in rows)
+    mean_valid = statistics.fmean(r.valid_delta for r in rows)
+    print(
+        f"  never worse {never}/{len(rows)}, beats > 2 SE {beats}/{len(rows)}, mean valid Δ {mean_valid:+.4f}"
+    )
+    out = root / "sweeps" / "results.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as f:
+        record = {"name": args.name, "overrides": args.overrides, "rows": [asdict(r) for r in rows]}
+        f.write(json.dumps(record) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
