@@ -64,16 +64,11 @@ def train_variant(root: Path, name: str, overrides: list[str], backbone: str, se
     from ranker.train import train
 
     run_dir = root / "sweeps" / name / f"{backbone}-llm-seed{seed}"
-    plain = load_config(root / "runs" / f"{backbone}-plain-seed{seed}" / "config.yaml")
-    settings = load_config(
-        overrides=[
-            f"train.backbone={backbone}",
-            "train.use_llm=true",
-            f"train.seed={seed}",
-            f"train.epochs={plain.train.epochs}",
-            *overrides,
-        ]
-    )
+    # the plain run's settings with knowledge on and the default meta networks (a plain run's meta
+    # settings are whatever its benchmark was given), then the overrides
+    plain = load_config(root / "runs" / f"{backbone}-plain-seed{seed}" / "config.yaml").model_dump()
+    del plain["train"]["meta"]
+    settings = load_config(base=plain, overrides=["train.use_llm=true", *overrides])
     if not reusable(run_dir, settings):
         train(settings, root / "data", root / "knowledge", run_dir, overwrite=True)
     return run_dir
