@@ -428,7 +428,8 @@ def _train(
         masked = 0
         if kt is not None and cfg.use_llm and cfg.meta.mask_described:
             mask = described_train_mask(pl.scan_parquet(path), ds.users, kt, (lo, hi))
-            masked = int(round(mask_knowledge(enc, mask) * len(enc)))
+            mask_knowledge(enc, mask)
+            masked = int(mask.sum())
         error = None
     except Exception as exc:  # noqa: BLE001
         error = exc

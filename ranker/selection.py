@@ -49,14 +49,18 @@ class VariantDecision:
 
     @property
     def z(self) -> float:
-        """Δ in standard errors (±inf when the rows leave no noise but Δ is not 0; 0 for identical scores)."""
-        if self.se > 0:
-            return self.delta / self.se
-        return 0.0 if self.delta == 0 else math.copysign(math.inf, self.delta)
+        return z_score(self.delta, self.se)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: a non-finite z is written as null."""
         return asdict(self) | {"z": self.z if math.isfinite(self.z) else None}
+
+
+def z_score(delta: float, se: float) -> float:
+    """Δ in standard errors (±inf when the rows leave no noise but Δ is not 0; 0 for identical scores)."""
+    if se > 0:
+        return delta / se
+    return 0.0 if delta == 0 else math.copysign(math.inf, delta)
 
 
 def paired_auc_delta(

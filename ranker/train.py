@@ -55,6 +55,7 @@ from ranker.model_io import (
     run_config_text,
     save_weights,
 )
+from ranker.selection import paired_auc_delta, z_score
 
 log = logging.getLogger(__name__)
 
@@ -671,12 +672,8 @@ def train_and_write(
 
 def _paired_z(labels: np.ndarray, plain_scores: np.ndarray, scores: np.ndarray) -> float:
     """(AUC of `scores` − AUC of `plain_scores`) in DeLong standard errors on the same rows."""
-    from ranker.selection import paired_auc_delta
-
     a, b, se = paired_auc_delta(labels, plain_scores, scores)
-    if se > 0:
-        return (b - a) / se
-    return 0.0 if b == a else float(np.copysign(np.inf, b - a))
+    return z_score(b - a, se)
 
 
 def described_train_mask(
