@@ -177,9 +177,11 @@ class MetaConfig(Section):
     # L2 weight decay on the meta networks' parameters only (generators, projections, fallback);
     # train.weight_decay applies to the rest.
     weight_decay: float = Field(0.0, ge=0.0)
-    # Learning rate of the meta networks' parameters as a multiple of train.lr: below 1 they move
-    # slower than the ids, so knowledge cannot memorise users faster than their embeddings learn.
-    lr_scale: float = Field(1.0, gt=0.0)
+    # Learning rate of the meta networks' parameters as a multiple of train.lr. A generated weight
+    # sums P = knowledge_proj_dim generator weights, so under Adam it moves ~P times faster than an
+    # ordinary weight; 0.03 (~1/P) was the best mean validation Δ on ML-100K random and keeps
+    # +LLM4MSR never worse on Amazon (docs/benchmarks/ranker-findings.md, 2026-12-06).
+    lr_scale: float = Field(0.03, gt=0.0)
     # Training rows that the user's prompt lists with their label (its newest
     # knowledge.max_history_per_scenario training rows per scenario, as the snapshot's manifest
     # records) see the fallback instead of the user's knowledge, so the model cannot learn to read a
