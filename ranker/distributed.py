@@ -425,6 +425,7 @@ def _train(
         ]
         frame = read_train_shard(path, lo, hi)
         enc = encode(frame, ds, spec, kt, f"{path} rows {lo}:{hi}")
+        no_knowledge = int((enc.uidx == 0).sum())  # before masking: users without knowledge
         masked = 0
         if kt is not None and cfg.use_llm and cfg.meta.mask_described:
             mask = described_train_mask(pl.scan_parquet(path), ds.users, kt, (lo, hi))
@@ -436,7 +437,6 @@ def _train(
     rep.agree(error, "reading its training rows")
     counts = [0] * rep.world_size
     counts[rep.rank] = len(enc)
-    no_knowledge = int((enc.uidx == 0).sum()) - masked
     *counts, no_knowledge, masked = rep.sum_ints([*counts, no_knowledge, masked])
     n_train = sum(counts)
     if n_train == 0:

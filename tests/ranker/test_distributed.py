@@ -153,14 +153,18 @@ def _run_args(data: Path, knowledge: Path, out: Path, sets: list[str]) -> list[s
 
 
 @pytest.mark.slow
-def test_two_processes_train_the_one_process_model(grouped: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [[], ["train.meta.mask_described=true"]], ids=["default", "mask"])
+def test_two_processes_train_the_one_process_model(
+    grouped: tuple[Path, Path], tmp_path: Path, extra: list[str]
+) -> None:
     from ranker.export import export_run
     from ranker.train import train
 
     data, knowledge = grouped
     single = tmp_path / "single"
-    train(fast_settings(*SETTINGS[len(FAST_TRAIN) :]), data, knowledge, single)
-    proc = _torchrun(_run_args(data, knowledge, tmp_path / "dist", SETTINGS))
+    sets = [*SETTINGS, *extra]
+    train(fast_settings(*sets[len(FAST_TRAIN) :]), data, knowledge, single)
+    proc = _torchrun(_run_args(data, knowledge, tmp_path / "dist", sets))
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
     dist_run = tmp_path / "dist"
@@ -186,6 +190,9 @@ def test_two_processes_train_the_one_process_model(grouped: tuple[Path, Path], t
     ra, rb = (json.loads((d / "run.json").read_text()) for d in (single, dist_run))
     assert rb["rows"] == ra["rows"] and rb["parameters"] == ra["parameters"]
     assert rb["fallback"] == ra["fallback"] and rb["dataset"] == ra["dataset"]
+    assert ("masked_train_rows" in ra["fallback"]) == bool(extra)  # each rank masked its own rows
+    if extra:
+        assert 0 < ra["fallback"]["masked_train_rows"] < 1
     assert rb["distributed"] == {"world_size": 2, "backend": "gloo", "device": "cpu"}
     # only rank 0 logs: one line for the run
     assert output.count(" best epoch ") == 1, output
