@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import statistics
 import sys
 from dataclasses import asdict, dataclass
@@ -29,8 +28,6 @@ from pathlib import Path
 
 from bench.ranker import ALL_BACKBONES, reusable
 from llm4msr.config import load_config
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ def make_snapshot(
     drop_scenarios: int = 0,
     tastes: np.ndarray | None = None,
     dataset_version: str | None = "from-data",
-    max_history: int = 10,
+    max_history: int | None = 10,
 ) -> Path:
     """A current snapshot of random (or taste-bearing) vectors in an OfflineStore at `root`; returns root.
 

@@ -251,3 +251,12 @@ def test_warm_start_gate_keeps_the_plain_model_unless_knowledge_clears_it(
     # with no bar, any knowledge epoch whose z is positive and AUC higher may be kept
     best = max(open_gate.metrics["epochs"], key=lambda e: e["valid_auc"])
     assert open_gate.best_valid_auc == best["valid_auc"] >= gated.best_valid_auc
+
+
+def test_mask_described_needs_a_snapshot_that_records_its_history_length(tmp_path, tiny_data):
+    """A snapshot without max_history_per_scenario cannot say which rows its prompts list: a clear
+    error before training, and no run directory left behind."""
+    old = make_snapshot(tmp_path / "old", tiny_data, dim=16, max_history=None)
+    with pytest.raises(SnapshotError, match="max_history_per_scenario"):
+        train(fast_settings("train.meta.mask_described=true"), tiny_data, old, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
