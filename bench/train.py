@@ -108,7 +108,7 @@ def measure(args: argparse.Namespace, backbones: list[str], epochs: int, repeats
 
 def report(cells: list[Cell], args: argparse.Namespace, argv: list[str], meta: dict[str, str]) -> str:
     rows = [
-        f"| {c.backbone} | {statistics.median(c.plain):.2f} | {statistics.median(c.llm):.2f} | "
+        f"| {c.backbone} | {statistics.median(c.plain):.3g} | {statistics.median(c.llm):.3g} | "
         f"{c.ratio:.2f}× | {len(c.plain)} / {len(c.llm)} |"
         for c in cells
     ]
@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     write_text_atomic(out, report(cells, args, argv, meta))
     for c in cells:
         print(
-            f"{c.backbone}: plain {statistics.median(c.plain):.2f} s/epoch, +LLM4MSR "
-            f"{statistics.median(c.llm):.2f} s/epoch ({c.ratio:.2f}x)"
+            f"{c.backbone}: plain {statistics.median(c.plain):.3g} s/epoch, +LLM4MSR "
+            f"{statistics.median(c.llm):.3g} s/epoch ({c.ratio:.2f}x)"
         )
     print(f"wrote {out}")
     return 0
