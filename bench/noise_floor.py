@@ -50,12 +50,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def train_other_seed(root: Path, backbone: str, like: int, seed: int) -> Path:
-    """The plain run of `backbone` with the settings of the benchmark's seed-`like` run, seed `seed`."""
+def train_other_seed(root: Path, backbone: str, like: list[int], seed: int) -> Path:
+    """The plain run of `backbone` with seed `seed` and the settings of the benchmark's plain runs of
+    seeds `like`: of the one with the fewest epochs, since `bench ranker` trains a run again with
+    twice the epochs when its best epoch was its last (and the epoch count sets the lr schedule)."""
     from ranker.train import train
 
     run_dir = root / "noise" / f"{backbone}-plain-seed{seed}"
-    base = load_config(root / "runs" / f"{backbone}-plain-seed{like}" / "config.yaml").model_dump()
+    configs = [load_config(root / "runs" / f"{backbone}-plain-seed{s}" / "config.yaml") for s in like]
+    base = min(configs, key=lambda c: c.train.epochs).model_dump()
     settings = load_config(base=base, overrides=[f"train.seed={seed}"])
     if not reusable(run_dir, settings):
         train(settings, root / "data", None, run_dir, overwrite=True)
@@ -72,7 +75,7 @@ def compare(root: Path, backbones: list[str], plain_seeds: list[int], seeds: lis
         missing = [str(d) for d in plain_dirs if not (d / "metrics.json").is_file()]
         if missing:
             raise SystemExit(f"error: plain runs missing (run `llm4msr bench ranker` first): {missing}")
-        other = [train_other_seed(root, backbone, plain_seeds[0], s) for s in seeds]
+        other = [train_other_seed(root, backbone, plain_seeds, s) for s in seeds]
         runs = [*find_runs(plain_dirs), *(_OtherSeeds(r.path, r.info, r.metrics) for r in find_runs(other))]
         verdict = verdicts(deltas(summarize(runs)))[0]
         valid = [json.loads((d / "metrics.json").read_text())["best_valid_auc"] for d in other]
