@@ -75,46 +75,57 @@ def compare(
     root: Path, name: str, overrides: list[str], backbones: list[str], seeds: list[int]
 ) -> list[SweepRow]:
     """Train what is missing, then one SweepRow per backbone (plain runs must exist under ROOT/runs)."""
-    from ranker.report import deltas, find_runs, summarize, verdicts
-
     rows = []
     for backbone in backbones:
-        plain_dirs = [root / "runs" / f"{backbone}-plain-seed{s}" for s in seeds]
-        missing = [str(d) for d in plain_dirs if not (d / "metrics.json").is_file()]
-        if missing:
-            raise SystemExit(f"error: plain runs missing (run `llm4msr bench ranker` first): {missing}")
+        plain_dirs = plain_runs(root, backbone, seeds)
         llm_dirs = [train_variant(root, name, overrides, backbone, s) for s in seeds]
-        runs = find_runs([*plain_dirs, *llm_dirs])
-        rows_d = deltas(summarize(runs))
-        verdict = verdicts(rows_d)[0]
-        valid = [
-            json.loads((b / "metrics.json").read_text())["best_valid_auc"]
-            - json.loads((a / "metrics.json").read_text())["best_valid_auc"]
-            for a, b in zip(plain_dirs, llm_dirs, strict=True)
-        ]
-        assert verdict.overall is not None
-        rows.append(
-            SweepRow(
-                backbone,
-                statistics.fmean(valid),
-                verdict.overall.delta,
-                verdict.overall.se,
-                verdict.worse_scenarios or [],
-                bool(verdict.beats_overall),
-            )
-        )
+        valid = [best_valid_auc(b) - best_valid_auc(a) for a, b in zip(plain_dirs, llm_dirs, strict=True)]
+        rows.append(judge(backbone, plain_dirs, llm_dirs, statistics.fmean(valid)))
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    from llm4msr.logs import setup_logging
+def plain_runs(root: Path, backbone: str, seeds: list[int]) -> list[Path]:
+    """The benchmark's plain run folders of `backbone` (an error if one is missing)."""
+    dirs = [root / "runs" / f"{backbone}-plain-seed{s}" for s in seeds]
+    missing = [str(d) for d in dirs if not (d / "metrics.json").is_file()]
+    if missing:
+        raise SystemExit(f"error: plain runs missing (run `llm4msr bench ranker` first): {missing}")
+    return dirs
 
-    args = parse_args(argv)
-    setup_logging()
-    root = Path(args.root)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    rows = compare(root, args.name, args.overrides, args.backbones.split(","), seeds)
-    print(f"{root.name} {args.name} {' '.join(args.overrides) or '(defaults)'}")
+
+def best_valid_auc(run_dir: Path) -> float:
+    return json.loads((run_dir / "metrics.json").read_text())["best_valid_auc"]
+
+
+def judge(
+    backbone: str,
+    plain_dirs: list[Path],
+    other_dirs: list[Path],
+    valid_delta: float,
+    as_variant: type | None = None,
+) -> SweepRow:
+    """The report's rules (`ranker.report.deltas` / `verdicts`) for the runs of `other_dirs` against
+    plain; `as_variant` (a `ranker.report.Run` subclass) relabels them when they are plain runs too."""
+    from ranker.report import deltas, find_runs, summarize, verdicts
+
+    others = find_runs(other_dirs)
+    if as_variant is not None:
+        others = [as_variant(r.path, r.info, r.metrics) for r in others]
+    verdict = verdicts(deltas(summarize([*find_runs(plain_dirs), *others])))[0]
+    assert verdict.overall is not None
+    return SweepRow(
+        backbone,
+        valid_delta,
+        verdict.overall.delta,
+        verdict.overall.se,
+        verdict.worse_scenarios or [],
+        bool(verdict.beats_overall),
+    )
+
+
+def print_rows(title: str, rows: list[SweepRow]) -> None:
+    """One line per backbone and the counts of the two rules."""
+    print(title)
     for r in rows:
         print(
             f"  {r.backbone:14s} valid Δ {r.valid_delta:+.4f}  test Δ {r.test_delta:+.4f} ± {r.test_se:.4f}"
@@ -126,11 +137,26 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  never worse {never}/{len(rows)}, beats > 2 SE {beats}/{len(rows)}, mean valid Δ {mean_valid:+.4f}"
     )
-    out = root / "sweeps" / "results.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a") as f:
-        record = {"name": args.name, "overrides": args.overrides, "rows": [asdict(r) for r in rows]}
+
+
+def append_record(path: Path, record: dict) -> None:
+    """One JSON line per call, so every comparison made stays on record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from llm4msr.logs import setup_logging
+
+    args = parse_args(argv)
+    setup_logging()
+    root = Path(args.root)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = compare(root, args.name, args.overrides, args.backbones.split(","), seeds)
+    print_rows(f"{root.name} {args.name} {' '.join(args.overrides) or '(defaults)'}", rows)
+    record = {"name": args.name, "overrides": args.overrides, "rows": [asdict(r) for r in rows]}
+    append_record(root / "sweeps" / "results.jsonl", record)
     return 0
 
 

@@ -16,12 +16,12 @@ ROOT/noise/results.jsonl.
 from __future__ import annotations
 
 import argparse
-import json
+import statistics
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.meta_sweep import SweepRow
+from bench.meta_sweep import SweepRow, append_record, best_valid_auc, judge, plain_runs, print_rows
 from bench.ranker import ALL_BACKBONES, reusable
 from llm4msr.config import load_config
 from ranker.report import Run
@@ -67,30 +67,14 @@ def train_other_seed(root: Path, backbone: str, like: list[int], seed: int) -> P
 
 def compare(root: Path, backbones: list[str], plain_seeds: list[int], seeds: list[int]) -> list[SweepRow]:
     """Train what is missing, then one row per backbone: plain (other seeds) against plain."""
-    from ranker.report import deltas, find_runs, summarize, verdicts
-
     rows = []
     for backbone in backbones:
-        plain_dirs = [root / "runs" / f"{backbone}-plain-seed{s}" for s in plain_seeds]
-        missing = [str(d) for d in plain_dirs if not (d / "metrics.json").is_file()]
-        if missing:
-            raise SystemExit(f"error: plain runs missing (run `llm4msr bench ranker` first): {missing}")
+        plain_dirs = plain_runs(root, backbone, plain_seeds)
         other = [train_other_seed(root, backbone, plain_seeds, s) for s in seeds]
-        runs = [*find_runs(plain_dirs), *(_OtherSeeds(r.path, r.info, r.metrics) for r in find_runs(other))]
-        verdict = verdicts(deltas(summarize(runs)))[0]
-        valid = [json.loads((d / "metrics.json").read_text())["best_valid_auc"] for d in other]
-        base = [json.loads((d / "metrics.json").read_text())["best_valid_auc"] for d in plain_dirs]
-        assert verdict.overall is not None
-        rows.append(
-            SweepRow(
-                backbone,
-                sum(valid) / len(valid) - sum(base) / len(base),
-                verdict.overall.delta,
-                verdict.overall.se,
-                verdict.worse_scenarios or [],
-                bool(verdict.beats_overall),
-            )
+        valid = statistics.fmean(map(best_valid_auc, other)) - statistics.fmean(
+            map(best_valid_auc, plain_dirs)
         )
+        rows.append(judge(backbone, plain_dirs, other, valid, as_variant=_OtherSeeds))
     return rows
 
 
@@ -106,19 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         print("python -m bench.noise_floor: error: --seeds must differ from --plain-seeds", file=sys.stderr)
         return 2
     rows = compare(root, args.backbones.split(","), plain_seeds, seeds)
-    print(f"{root.name}: plain seeds {args.seeds} against plain seeds {args.plain_seeds}")
-    for r in rows:
-        print(
-            f"  {r.backbone:14s} valid Δ {r.valid_delta:+.4f}  test Δ {r.test_delta:+.4f} ± {r.test_se:.4f}"
-            f"  worse in: {','.join(r.worse_in) or '-':24s} beats: {'yes' if r.beats else 'no'}"
-        )
-    never = sum(not r.worse_in for r in rows)
-    print(f"  never worse {never}/{len(rows)}, beats > 2 SE {sum(r.beats for r in rows)}/{len(rows)}")
-    out = root / "noise" / "results.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a") as f:
-        record = {"seeds": seeds, "plain_seeds": plain_seeds, "rows": [asdict(r) for r in rows]}
-        f.write(json.dumps(record) + "\n")
+    print_rows(f"{root.name}: plain seeds {args.seeds} against plain seeds {args.plain_seeds}", rows)
+    record = {"seeds": seeds, "plain_seeds": plain_seeds, "rows": [asdict(r) for r in rows]}
+    append_record(root / "noise" / "results.jsonl", record)
     return 0
 
 
