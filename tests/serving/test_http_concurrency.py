@@ -6,6 +6,9 @@ timed: only the fields' sanity is checked, never a latency bound."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +80,33 @@ def test_benchmark_report_end_to_end(trained, tmp_path: Path) -> None:  # noqa: 
     assert "llm4msr bench serving --http --model" in text and "load average" in text
     assert "| in-process | 1 |" in text and "| after | 4 |" in text and "20/20" in text
     assert "HTTP p99 at C=4 / in-process p99 at C=4" not in text  # needs C=16 too: not claimed
+
+
+def test_server_cpu_reads_below_one_clock_tick() -> None:
+    """The per-request server CPU is read from the process's CPU clock, not /proc's 10 ms ticks:
+    a child that burns a few milliseconds reads as more than zero and less than what it burnt
+    plus start-up, and an exited pid reads as None."""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nsys.stdin.readline()\nt = time.process_time()\n"
+            "while time.process_time() - t < 0.003: pass\nsys.stdin.readline()",
+        ],
+        stdin=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)
+        before = H._proc_cpu_s(child.pid)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        time.sleep(0.5)
+        after = H._proc_cpu_s(child.pid)
+        assert before is not None and after is not None
+        assert 0.002 < after - before < 0.5
+    finally:
+        child.stdin.write("\n")
+        child.stdin.close()
+        child.wait(timeout=30)
+    assert H._proc_cpu_s(child.pid) is None
