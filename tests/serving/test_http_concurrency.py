@@ -91,17 +91,19 @@ def test_server_cpu_reads_below_one_clock_tick() -> None:
             sys.executable,
             "-c",
             "import sys, time\nsys.stdin.readline()\nt = time.process_time()\n"
-            "while time.process_time() - t < 0.003: pass\nsys.stdin.readline()",
+            "while time.process_time() - t < 0.003: pass\nprint('burnt', flush=True)\n"
+            "sys.stdin.readline()",
         ],
         stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        time.sleep(0.5)
+        time.sleep(0.5)  # past start-up, blocked on its first line
         before = H._proc_cpu_s(child.pid)
         child.stdin.write("\n")
         child.stdin.flush()
-        time.sleep(0.5)
+        assert child.stdout.readline().strip() == "burnt"
         after = H._proc_cpu_s(child.pid)
         assert before is not None and after is not None
         assert 0.002 < after - before < 0.5
